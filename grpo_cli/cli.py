@@ -1,0 +1,32 @@
+"""Console entry points: `grpo-train` (and `grpo-eval`, which is `grpo-train eval_only=true`)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from grpo_cli.config import exit_on_config_error, register_configs
+from grpo_cli.paths import config_dir
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def _run(cfg: DictConfig) -> float | None:
+    # Single runs were validated by a callback before Hydra made the run dir; sweeps are
+    # validated here, per job.
+    exit_on_config_error(cfg)
+    from grpo_cli.train import run  # heavy imports (torch, vllm) only once the config is good
+
+    return run(cfg)
+
+
+def train_main() -> None:
+    _run()
+
+
+def eval_main() -> None:
+    sys.argv.insert(1, "eval_only=true")
+    _run()

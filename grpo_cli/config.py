@@ -1,0 +1,296 @@
+"""The typed config schema: the one place every default lives.
+
+Each group of `conf/` (model, data, reward, sampler, optim, algo, logger) merges onto one of these
+dataclasses, so Hydra/OmegaConf reject unknown keys and wrong types. Ranges that types cannot say
+(`algo.group_size >= 2`, ...) are checked by `validate`, which runs as a Hydra callback before
+Hydra creates the run directory, so a bad value leaves nothing on disk.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING
+    """Hub model id (e.g. `Qwen/Qwen2.5-0.5B-Instruct`) or a local directory from `save_pretrained`."""
+    tokenizer: str | None = None
+    """Tokenizer id or directory; None uses `path`."""
+    dtype: str = "bfloat16"
+    """Weights dtype of learner, reference and sampler: float32, bfloat16 or float16."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation for the learner (sdpa, eager, flash_attention_2)."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub to run. Off unless you trust the repository."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING
+    """Hub dataset id (e.g. `openai/gsm8k`) or a local .jsonl/.json/.parquet/.csv file."""
+    name: str | None = None
+    """Hub dataset config name (e.g. `main` for gsm8k); ignored for local files."""
+    train_split: str = "train"
+    """Split used for training."""
+    eval_split: str | None = None
+    """Split used for evaluation; None evaluates on nothing. For a local file, an `eval_path` or a held-out slice."""
+    eval_path: str | None = None
+    """Local file for evaluation when `path` is a local file; None holds out `eval_holdout` rows of it."""
+    eval_holdout: int = 0
+    """Rows held out of a local training file for evaluation when no `eval_path` is given."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt text; every other column is passed to the rewards by name."""
+    prompt_template: str = "{prompt}"
+    """Python format string for the user message; `{prompt}` is the prompt column's text."""
+    system_prompt: str | None = None
+    """Optional system message (used only with a chat template)."""
+    use_chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one (plain text otherwise)."""
+    shuffle: bool = True
+    """Shuffle training rows every epoch with the run seed."""
+
+
+@dataclass
+class RewardSpec:
+    fn: Any = MISSING
+    """A dotted path to a callable, or a `_target_` node that instantiates one (`_partial_: true` for functions)."""
+    weight: float = 1.0
+    """Weight of this reward in the total; every reward is also logged on its own."""
+
+
+@dataclass
+class RewardConfig:
+    funcs: dict[str, RewardSpec] = field(default_factory=dict)
+    """Named rewards `fn(prompts, completions, **columns) -> list[float | None]`; None = not applicable."""
+    accuracy: str | None = None
+    """Reward whose value 1.0 counts as correct for `eval/accuracy` and pass@k; None uses the first reward."""
+
+
+@dataclass
+class SamplerConfig:
+    dtype: str = "${model.dtype}"
+    """vLLM weights dtype; follows the learner by default so the two agree."""
+    max_model_len: int = 2048
+    """Longest prompt + completion the engine accepts."""
+    gpu_memory_utilization: float = 0.3
+    """Share of GPU memory vLLM may take; the learner colocated on the same GPU needs the rest."""
+    tensor_parallel_size: int = 1
+    """GPUs the engine shards the model over."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs / torch.compile in vLLM (faster start, slower decode)."""
+    seed: int = "${seed}"  # type: ignore[assignment]
+    """Engine seed; set once per run, never per request, so the G samples of a group differ."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling mass for training rollouts."""
+    top_k: int = 0
+    """Top-k for training rollouts; 0 disables."""
+    max_tokens: int = 256
+    """Maximum completion length in tokens."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings; the completion ends before them (finish reason `stop`)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate."""
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.AdamW", "betas": [0.9, 0.99], "weight_decay": 0.0}
+    )
+    """Any torch.optim class by `_target_` plus its arguments; `params` and `lr` are passed for you."""
+    scheduler: str = "constant_with_warmup"
+    """Schedule name for `transformers.get_scheduler` (constant_with_warmup, linear, cosine, ...)."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+
+
+@dataclass
+class AlgoConfig:
+    group_size: int = 8
+    """G: completions sampled per prompt; advantages are normalised within each group."""
+    beta: float = 0.04
+    """Weight of the per-token k3 KL penalty to the frozen reference; 0 loads no reference model."""
+    epsilon: float = 0.2
+    """Lower clip: the ratio is clipped below at 1 - epsilon."""
+    epsilon_high: float | None = None
+    """Upper clip: ratio clipped above at 1 + epsilon_high; None uses `epsilon` (DAPO's clip-higher sets e.g. 0.28)."""
+    num_iterations: int = 1
+    """mu: gradient passes over each batch of rollouts; > 1 computes pi_old with a no-grad forward."""
+    scale_rewards: bool = True
+    """Divide by the group's std (GRPO); false only centres rewards (Dr. GRPO)."""
+    adv_eps: float = 1e-4
+    """eps in (r - mean) / (std + eps)."""
+    aggregation: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "grpo_cli.aggregation.SequenceMean"}
+    )
+    """How per-token losses become one number: a `_target_` from grpo_cli.aggregation (or your own)."""
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "auto"
+    """W&B mode: auto (online with credentials, else offline), online, offline or disabled."""
+    project: str = "grpo-cli"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team); None uses your default."""
+    group: str | None = None
+    """W&B group, e.g. one sweep."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    completions_every: int = 10
+    """Log a table of sample completions every N steps; 0 disables."""
+    completions_rows: int = 16
+    """Rows in each completions table."""
+    progress: bool = True
+    """Show a rich progress bar on the console."""
+
+
+@dataclass
+class TrainConfig:
+    prompts_per_step: int = 16
+    """B: prompts per step; a step trains on B * G completions."""
+    micro_batch_size: int = 16
+    """Completions per forward/backward; gradients accumulate over the step's micro-batches."""
+    max_steps: int = 100
+    """Optimiser steps to run (each pass of mu counts once per step); 0 runs `epochs` instead."""
+    epochs: int = 1
+    """Passes over the training data when `max_steps` is 0."""
+    autocast_dtype: str | None = None
+    """Run the learner's matmuls under torch.autocast with this dtype (e.g. bfloat16); log-softmax, ratios and KL stay fp32."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate every N steps (and always before the first and after the last); 0 = before and after only."""
+    max_rows: int | None = 200
+    """Evaluate on at most this many rows of the eval split; None = all."""
+    pass_k: int = 0
+    """Also report pass@k with k samples at the training temperature; 0 disables."""
+    max_tokens: int | None = None
+    """Completion length for evaluation; None uses `sampler.max_tokens`."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a checkpoint every N steps; 0 saves only at the end."""
+    final: bool = True
+    """Save the final model."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    """Seeds data order, the learner and the vLLM engine."""
+    eval_only: bool = False
+    """Only evaluate `model.path` on the eval split, no training."""
+    run_name: str | None = None
+    """Name of the run in W&B; None lets W&B pick one."""
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="grpo_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A user's config value is invalid; the message names the key and what is allowed."""
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_WANDB_MODES = ("auto", "online", "offline", "disabled")
+# A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _check_source(key: str, value: str | None) -> None:
+    if value is None or Path(value).expanduser().exists():
+        return
+    _check(bool(_HUB_ID.match(value)), key, value, "no such file or directory (and not a hub id)")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first out-of-range value."""
+    a, s, o, t = cfg.algo, cfg.sampler, cfg.optim, cfg.train
+    _check(a.group_size >= 2, "algo.group_size", a.group_size, "must be >= 2 (advantages compare completions within a group)")
+    _check(a.beta >= 0, "algo.beta", a.beta, "must be >= 0")
+    _check(0 < a.epsilon < 1, "algo.epsilon", a.epsilon, "must be in (0, 1)")
+    if a.epsilon_high is not None:
+        _check(a.epsilon_high >= a.epsilon, "algo.epsilon_high", a.epsilon_high, f"must be >= algo.epsilon ({a.epsilon})")
+    _check(a.num_iterations >= 1, "algo.num_iterations", a.num_iterations, "must be >= 1")
+    _check(a.adv_eps >= 0, "algo.adv_eps", a.adv_eps, "must be >= 0")
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, "must be >= 0 (0 disables clipping)")
+    _check(s.max_tokens > 0, "sampler.max_tokens", s.max_tokens, "must be > 0")
+    _check(s.temperature > 0, "sampler.temperature", s.temperature, "must be > 0")
+    _check(0 < s.top_p <= 1, "sampler.top_p", s.top_p, "must be in (0, 1]")
+    _check(s.top_k >= 0, "sampler.top_k", s.top_k, "must be >= 0 (0 disables)")
+    _check(0 < s.gpu_memory_utilization <= 1, "sampler.gpu_memory_utilization", s.gpu_memory_utilization, "must be in (0, 1]")
+    _check(s.max_model_len > s.max_tokens, "sampler.max_model_len", s.max_model_len, f"must exceed sampler.max_tokens ({s.max_tokens})")
+    _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")
+    _check(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "must be >= 1")
+    _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    for key, value in (("model.dtype", cfg.model.dtype), ("sampler.dtype", s.dtype)):
+        _check(value in _DTYPES, key, value, f"must be one of {', '.join(_DTYPES)}")
+    if t.autocast_dtype is not None:
+        _check(t.autocast_dtype in _DTYPES[1:], "train.autocast_dtype", t.autocast_dtype, "must be bfloat16, float16 or null")
+    _check(cfg.logger.wandb_mode in _WANDB_MODES, "logger.wandb_mode", cfg.logger.wandb_mode, f"must be one of {', '.join(_WANDB_MODES)}")
+    _check(cfg.eval.pass_k >= 0, "eval.pass_k", cfg.eval.pass_k, "must be >= 0")
+    _check(len(cfg.reward.funcs) > 0, "reward.funcs", "{}", "needs at least one reward")
+    if cfg.reward.accuracy is not None:
+        _check(cfg.reward.accuracy in cfg.reward.funcs, "reward.accuracy", cfg.reward.accuracy, f"must name one of reward.funcs: {', '.join(cfg.reward.funcs)}")
+    _check_source("model.path", cfg.model.path)
+    _check_source("model.tokenizer", cfg.model.tokenizer)
+    _check_source("data.path", cfg.data.path)
+    _check_source("data.eval_path", cfg.data.eval_path)
+
+
+def exit_on_config_error(cfg: DictConfig) -> None:
+    """Validate, and on a bad value print one line and exit 2 (no traceback, nothing written)."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"grpo-train: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+class ValidateConfig(Callback):
+    """Hydra callback: validates before Hydra creates the run directory (single runs)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_on_config_error(config)
