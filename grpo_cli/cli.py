@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from grpo_cli.config import exit_on_config_error, register_configs
+from grpo_cli.errors import UserError
 from grpo_cli.paths import config_dir
 
 register_configs()
@@ -20,7 +21,11 @@ def _run(cfg: DictConfig) -> float | None:
     exit_on_config_error(cfg)
     from grpo_cli.train import run  # heavy imports (torch, vllm) only once the config is good
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except UserError as err:  # the user's data, reward or model: one line, no traceback
+        print(f"grpo-train: error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def train_main() -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from grpo_cli.errors import UserError
 
 
 @dataclass
@@ -64,15 +66,29 @@ class DataConfig:
 @dataclass
 class RewardSpec:
     fn: Any = MISSING
-    """A dotted path to a callable, or a `_target_` node that instantiates one (`_partial_: true` for functions)."""
+    """A dotted path to a callable, or a `_target_` node that instantiates one."""
     weight: float = 1.0
     """Weight of this reward in the total; every reward is also logged on its own."""
 
 
+def reward_spec(name: str, entry: Any) -> RewardSpec:
+    """One `reward.funcs` entry checked against RewardSpec (an open dict there, so the CLI can add rewards)."""
+    try:
+        spec = OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
+        _ = spec.fn  # mandatory
+    except Exception as err:
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"reward.funcs.{name}={entry!r} is invalid: {msg}; allowed keys: fn, weight") from None
+    return spec
+
+
 @dataclass
 class RewardConfig:
-    funcs: dict[str, RewardSpec] = field(default_factory=dict)
-    """Named rewards `fn(prompts, completions, **columns) -> list[float | None]`; None = not applicable."""
+    funcs: dict[str, Any] = field(default_factory=dict)
+    """Named rewards, each `{fn: ..., weight: 1.0}`. `fn` is a dotted path to a callable
+    `fn(prompts, completions, **columns) -> list[float | None]` (None = not applicable), or a
+    `_target_` node that instantiates one; see RewardSpec. Add one from the command line with
+    `+reward.funcs.NAME.fn=my.module.fn`."""
     accuracy: str | None = None
     """Reward whose value 1.0 counts as correct for `eval/accuracy` and pass@k; None uses the first reward."""
 
@@ -168,7 +184,9 @@ class TrainConfig:
     prompts_per_step: int = 16
     """B: prompts per step; a step trains on B * G completions."""
     micro_batch_size: int = 16
-    """Completions per forward/backward; gradients accumulate over the step's micro-batches."""
+    """Completions per forward/backward; gradients accumulate over an optimiser batch's micro-batches."""
+    optim_batch_size: int | None = None
+    """Completions per optimiser step; None = all B * G of the step (one optimiser step per pass)."""
     max_steps: int = 100
     """Optimiser steps to run (each pass of mu counts once per step); 0 runs `epochs` instead."""
     epochs: int = 1
@@ -221,7 +239,7 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="grpo_schema", node=Config)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user's config value is invalid; the message names the key and what is allowed."""
 
 
@@ -243,7 +261,12 @@ def _check_source(key: str, value: str | None) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first out-of-range value."""
+    """Raise ConfigError on a missing mandatory value or the first out-of-range value."""
+    # Only our own nodes: hydra.* holds interpolations that resolve only inside a job.
+    missing = sorted(m for k, v in cfg.items() if k != "hydra" and isinstance(v, DictConfig)
+                     for m in OmegaConf.missing_keys(v))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (it has no default): add {missing[0]}=... to the command")
     a, s, o, t = cfg.algo, cfg.sampler, cfg.optim, cfg.train
     _check(a.group_size >= 2, "algo.group_size", a.group_size, "must be >= 2 (advantages compare completions within a group)")
     _check(a.beta >= 0, "algo.beta", a.beta, "must be >= 0")
@@ -263,6 +286,8 @@ def validate(cfg: DictConfig) -> None:
     _check(s.max_model_len > s.max_tokens, "sampler.max_model_len", s.max_model_len, f"must exceed sampler.max_tokens ({s.max_tokens})")
     _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "must be >= 1")
+    if t.optim_batch_size is not None:
+        _check(t.optim_batch_size >= 1, "train.optim_batch_size", t.optim_batch_size, "must be >= 1 or null")
     _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     for key, value in (("model.dtype", cfg.model.dtype), ("sampler.dtype", s.dtype)):
@@ -272,6 +297,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.logger.wandb_mode in _WANDB_MODES, "logger.wandb_mode", cfg.logger.wandb_mode, f"must be one of {', '.join(_WANDB_MODES)}")
     _check(cfg.eval.pass_k >= 0, "eval.pass_k", cfg.eval.pass_k, "must be >= 0")
     _check(len(cfg.reward.funcs) > 0, "reward.funcs", "{}", "needs at least one reward")
+    for name, entry in cfg.reward.funcs.items():
+        reward_spec(name, entry)
     if cfg.reward.accuracy is not None:
         _check(cfg.reward.accuracy in cfg.reward.funcs, "reward.accuracy", cfg.reward.accuracy, f"must name one of reward.funcs: {', '.join(cfg.reward.funcs)}")
     _check_source("model.path", cfg.model.path)
@@ -287,10 +314,16 @@ def exit_on_config_error(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"grpo-train: config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # e.g. an interpolation that cannot resolve: still one line, still exit
+        print(f"grpo-train: config error: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
 
 
 class ValidateConfig(Callback):
-    """Hydra callback: validates before Hydra creates the run directory (single runs)."""
+    """Hydra callback: validates before Hydra creates the run directory (single runs).
+
+    Hydra turns an exception raised in a callback into a warning and carries on, so this exits.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_on_config_error(config)

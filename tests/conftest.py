@@ -13,3 +13,43 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]):
+    """The real config tree, composed as the CLI would, with `overrides`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from grpo_cli.config import register_configs
+    from grpo_cli.paths import config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer Qwen2 with the character tokenizer, saved with save_pretrained."""
+    from grpo_cli.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128,
+                     num_layers=2, num_heads=2, num_kv_heads=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def arithmetic_data(tmp_path_factory) -> Path:
+    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
+
+    return write_jsonl(make_rows(200, seed=0), tmp_path_factory.mktemp("data") / "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_model, arithmetic_data) -> list[str]:
+    """A complete small run: every engine test uses these sampler settings, so they share one engine."""
+    return [
+        "model=tiny-local", f"model.path={tiny_model}", "data=arithmetic", f"data.path={arithmetic_data}",
+        "data.eval_holdout=16", "reward=arithmetic", "sampler=vllm-cpu", "sampler.max_tokens=8",
+        "sampler.max_model_len=64", "logger=none", "train.prompts_per_step=4", "algo.group_size=4",
+        "train.micro_batch_size=8", "train.max_steps=2", "optim.lr=1e-3", "eval.max_rows=16",
+    ]

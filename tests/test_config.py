@@ -41,10 +41,20 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")))
-def test_every_recipe_composes_and_validates(recipe):
+def test_every_recipe_composes_and_validates(recipe, tmp_path):
     cfg = _compose([f"+recipe={recipe}"])
     OmegaConf.resolve(cfg)
+    missing = OmegaConf.missing_keys(cfg)
+    assert missing <= {"model.path", "data.path"}, missing  # a recipe may leave only local paths open
+    cfg = _compose([f"+recipe={recipe}"] + [f"{k}={tmp_path}" for k in sorted(missing)])
     validate(cfg)
+
+
+def test_a_missing_mandatory_value_names_the_key(tmp_path):
+    out = _cli(["+recipe=demo", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "grpo-train: config error: data.path is required (it has no default): add data.path=... to the command"
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipe_overrides_apply_and_cli_overrides_win():

@@ -11,10 +11,13 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
+from grpo_cli.config import reward_spec
+from grpo_cli.errors import UserError
+
 RewardFn = Callable[..., list]
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError):
     """A reward function failed or returned something unusable; the message names it."""
 
 
@@ -41,7 +44,8 @@ class Rewards:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Rewards:
-        return cls({name: (load_reward_fn(name, s.fn), float(s.weight)) for name, s in cfg.funcs.items()})
+        specs = {name: reward_spec(name, entry) for name, entry in cfg.funcs.items()}
+        return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()})
 
     @property
     def names(self) -> list[str]:

@@ -1,0 +1,126 @@
+"""Prompts from a hub dataset or a local file, formatted for the model, in a resumable seeded order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+
+from grpo_cli.errors import UserError
+
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataError(UserError):
+    pass
+
+
+def load_table(path: str, name: str | None = None, split: str = "train", key: str = "data.path") -> datasets.Dataset:
+    """A local .jsonl/.json/.parquet/.csv file, or a split of a hub dataset."""
+    local = Path(path).expanduser()
+    if local.exists():
+        fmt = _LOCAL_FORMATS.get(local.suffix)
+        if fmt is None:
+            raise DataError(f"{key}={path!r}: unsupported file type {local.suffix!r}; use one of {', '.join(_LOCAL_FORMATS)}")
+        return datasets.load_dataset(fmt, data_files=str(local), split="train")
+    try:
+        return datasets.load_dataset(path, name, split=split)
+    except Exception as err:
+        raise DataError(
+            f"{key}={path!r}: could not load split {split!r} from the Hugging Face hub "
+            f"({type(err).__name__}); offline? pass {key}=/path/to/file.jsonl in the same schema"
+        ) from err
+
+
+def load_splits(cfg: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Training rows and evaluation rows (or None) as `data` describes them."""
+    train = load_table(cfg.path, cfg.name, cfg.train_split)
+    if cfg.eval_path is not None:
+        return train, load_table(cfg.eval_path, key="data.eval_path")
+    if Path(cfg.path).expanduser().exists():
+        if cfg.eval_holdout <= 0:
+            return train, None
+        # A fixed split seed, not the run seed: every run of a sweep evaluates on the same rows.
+        parts = train.train_test_split(test_size=cfg.eval_holdout, seed=1234)
+        return parts["train"], parts["test"]
+    if cfg.eval_split is None:
+        return train, None
+    return train, load_table(cfg.path, cfg.name, cfg.eval_split)
+
+
+class PromptFormatter:
+    """Row -> prompt text: the template, then the tokenizer's chat template when it has one."""
+
+    def __init__(self, cfg: DictConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.chat = cfg.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+
+    def check_columns(self, table: datasets.Dataset, what: str) -> None:
+        if self.cfg.prompt_column not in table.column_names:
+            raise DataError(
+                f"data.prompt_column={self.cfg.prompt_column!r} is not a column of the {what} data; "
+                f"columns: {', '.join(table.column_names)}"
+            )
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids, made once and given to both sampler and learner so they see the same prompt."""
+        # A chat template already writes the special tokens (BOS and all) into the text.
+        return self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
+
+    def __call__(self, row: dict) -> str:
+        text = self.cfg.prompt_template.format(prompt=row[self.cfg.prompt_column])
+        if not self.chat:
+            return text
+        messages = [{"role": "user", "content": text}]
+        if self.cfg.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class PromptBatch:
+    prompts: list[str]  # [B] formatted prompt texts
+    columns: dict[str, list]  # every dataset column, each [B], passed to the rewards
+
+
+def as_batch(table: datasets.Dataset, format_prompt: PromptFormatter) -> PromptBatch:
+    rows = table.to_list()
+    return PromptBatch([format_prompt(r) for r in rows], {c: table[c] for c in table.column_names})
+
+
+class PromptStream:
+    """Batches of B rows, epoch after epoch, each epoch shuffled with (seed, epoch).
+
+    The position is two integers (epoch, offset), so a run can save and restore it exactly.
+    """
+
+    def __init__(self, table: datasets.Dataset, batch_size: int, seed: int, shuffle: bool):
+        if len(table) < batch_size:
+            raise DataError(f"train.prompts_per_step={batch_size} exceeds the {len(table)} training rows")
+        self.table, self.batch_size, self.seed, self.shuffle = table, batch_size, seed, shuffle
+        self.epoch, self.offset = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.table) // self.batch_size  # the last partial batch of an epoch is dropped
+
+    def _order(self) -> datasets.Dataset:
+        if getattr(self, "_ordered_epoch", None) != self.epoch:  # one shuffle per epoch, not per batch
+            self._ordered = self.table.shuffle(seed=self.seed + self.epoch) if self.shuffle else self.table
+            self._ordered_epoch = self.epoch
+        return self._ordered
+
+    def next(self) -> datasets.Dataset:
+        if self.offset + self.batch_size > len(self.table):
+            self.epoch, self.offset = self.epoch + 1, 0
+        rows = self._order().select(range(self.offset, self.offset + self.batch_size))
+        self.offset += self.batch_size
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]

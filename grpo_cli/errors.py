@@ -1,0 +1,5 @@
+"""Errors caused by a user's input. The CLI prints their message as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad config, data or reward: the message names the key or file and what is allowed."""

@@ -1,0 +1,83 @@
+"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import wandb
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def _wandb_mode(mode: str) -> str:
+    """`auto` is online when W&B credentials exist, offline otherwise."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):  # the user's environment wins over the guess
+        return os.environ["WANDB_MODE"]
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
+    return "online" if has_key else "offline"
+
+
+class RunLogger:
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int):
+        self.cfg, self.run_dir = cfg.logger, run_dir
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a")
+        mode = _wandb_mode(self.cfg.wandb_mode)
+        self.wandb = None
+        if mode != "disabled":
+            self.wandb = wandb.init(
+                project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
+                name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
+            )
+            if mode == "offline":
+                console.print(f"W&B is offline; upload later with: wandb sync {Path(self.wandb.dir).parent}")
+        self.progress = None
+        if self.cfg.progress:
+            self.progress = Progress(
+                TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), console=console,
+            )
+            self.task = self.progress.add_task("train", total=total_steps, info="")
+            self.progress.start()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if self.progress is not None and "reward/mean" in metrics:
+            info = (f"reward {metrics['reward/mean']:.3f}  kl {metrics.get('kl/mean', 0.0):.4f}  "
+                    f"{metrics['time/step_s']:.2f} s/step")
+            self.progress.update(self.task, completed=step, info=info)
+
+    def log_completions(self, step: int, rows: list[dict]) -> None:
+        """A sample of completions: a wandb.Table, and completions.jsonl in the run dir."""
+        with open(self.run_dir / "completions.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.wandb is not None and rows:
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+            self.wandb.log({"completions": table}, step=step)
+
+    def print_table(self, title: str, values: dict[str, float]) -> None:
+        table = Table(title=title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in values.items():
+            table.add_row(key, f"{value:.4f}")
+        console.print(table)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.metrics_file.close()
+        if self.wandb is not None:
+            self.wandb.finish()

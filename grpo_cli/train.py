@@ -1,0 +1,142 @@
+"""The GRPO loop. Read this file top to bottom to know the algorithm; each step calls a module
+named for what it does.
+
+    for each step:
+        take B prompts -> sample G completions each (vLLM) -> score them (rewards)
+        -> group-normalised advantages -> mu passes of clipped-surrogate + KL updates (learner)
+        -> push the new weights into vLLM -> log
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from grpo_cli.advantages import group_advantages
+from grpo_cli.checkpoint import save_checkpoint
+from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
+from grpo_cli.evaluate import evaluate, repeat_columns
+from grpo_cli.learner import Learner, RolloutBatch
+from grpo_cli.logging import RunLogger
+from grpo_cli.models import load_tokenizer
+from grpo_cli.rewards import Rewards
+from grpo_cli.sampler import VLLMSampler
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
+    """Train (or only evaluate) as `cfg` says; returns the final eval accuracy, if any."""
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    set_seed(cfg.seed)  # python, numpy and torch RNGs; the engine has its own seed
+
+    # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
+    tokenizer = load_tokenizer(cfg.model)
+    fmt = PromptFormatter(cfg.data, tokenizer)
+    train_rows, eval_rows = load_splits(cfg.data)
+    fmt.check_columns(train_rows, "training")
+    if eval_rows is not None:
+        fmt.check_columns(eval_rows, "evaluation")
+        eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
+        eval_batch = as_batch(eval_rows, fmt)
+        eval_ids = fmt.encode(eval_batch.prompts)
+    rewards = Rewards.from_config(cfg.reward)
+    accuracy_reward = cfg.reward.accuracy or rewards.names[0]
+    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    G, B = cfg.algo.group_size, cfg.train.prompts_per_step
+
+    def run_eval(step: int) -> dict[str, float]:
+        if eval_rows is None:
+            return {}
+        metrics = evaluate(sampler, eval_batch, eval_ids, rewards, accuracy_reward, cfg.eval.pass_k,
+                           cfg.sampler.temperature, cfg.eval.max_tokens)
+        logger.log(step, metrics)
+        return metrics
+
+    stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
+    total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
+    logger = RunLogger(cfg, run_dir, total_steps)
+    if cfg.eval_only:
+        final = run_eval(0)
+        logger.close()
+        logger.print_table(f"evaluation of {cfg.model.path}", final)
+        return final.get("eval/accuracy")
+
+    opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
+    learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
+    sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
+    first = run_eval(0)
+
+    for step in range(1, total_steps + 1):
+        t0 = time.perf_counter()
+        # 1. B prompts, G completions each, from the current policy.
+        batch = as_batch(stream.next(), fmt)
+        rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        t_sample = time.perf_counter()
+
+        # 2. Score every completion; each reward is kept for logging.
+        prompts = [p for p in batch.prompts for _ in range(G)]
+        scores = rewards(prompts, rollouts.texts, repeat_columns(batch.columns, G))
+        t_reward = time.perf_counter()
+
+        # 3. Advantages relative to the other completions of the same prompt.
+        adv = group_advantages(scores.total.view(B, G), cfg.algo.adv_eps, cfg.algo.scale_rewards)
+        advantages = adv.advantages.flatten()  # [B*G]
+
+        # 4. The GRPO update: mu passes of shuffled micro-batches.
+        rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
+                                           advantages, tokenizer.pad_token_id)
+        learner_metrics = learner.train_step(rollout_batch)
+        t_learn = time.perf_counter()
+
+        # 5. The next rollouts come from the updated policy.
+        sampler.load_weights(learner.weights())
+        t_sync = time.perf_counter()
+
+        lengths = torch.tensor([len(c) for c in rollouts.completion_ids], dtype=torch.float32)
+        metrics = {
+            "reward/mean": torch.nanmean(scores.total).item(),
+            "reward/std": scores.total[~scores.total.isnan()].std().item() if scores.total.numel() > 1 else 0.0,
+            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in scores.per_reward.items()},
+            "advantage/mean": advantages.mean().item(),
+            "advantage/std": advantages.std().item(),
+            "frac_zero_std": adv.frac_zero_std,
+            "completion_len/mean": lengths.mean().item(),
+            "completion_len/max": lengths.max().item(),
+            "truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(lengths),
+            **learner_metrics,
+            "time/sample_s": t_sample - t0,
+            "time/reward_s": t_reward - t_sample,
+            "time/learner_s": t_learn - t_reward,
+            "time/sync_s": t_sync - t_learn,
+            "time/step_s": t_sync - t0,
+            "tokens_per_s": rollouts.num_tokens / (t_sample - t0),
+            "epoch": stream.epoch,
+        }
+        logger.log(step, metrics)
+        every = cfg.logger.completions_every
+        if every and step % every == 0:
+            logger.log_completions(step, [
+                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                 "advantage": advantages[i].item(),
+                 **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
+                for i in range(min(cfg.logger.completions_rows, len(prompts)))
+            ])
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
+            run_eval(step)
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+            save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / f"step_{step}")
+
+    last = run_eval(total_steps)
+    if cfg.checkpoint.final:
+        save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / "final")
+    logger.close()
+    if last:
+        logger.print_table("held-out evaluation", {f"before {k}": v for k, v in first.items()}
+                           | {f"after {k}": v for k, v in last.items()})
+    return last.get("eval/accuracy")
