@@ -125,10 +125,8 @@ class SamplerConfig:
 class OptimConfig:
     lr: float = 1e-6
     """Peak learning rate."""
-    optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.AdamW", "betas": [0.9, 0.99], "weight_decay": 0.0}
-    )
-    """Any torch.optim class by `_target_` plus its arguments; `params` and `lr` are passed for you."""
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW"})
+    """Any torch.optim class by `_target_` plus its arguments (conf/optim/*.yaml); `params` and `lr` are passed for you."""
     scheduler: str = "constant_with_warmup"
     """Schedule name for `transformers.get_scheduler` (constant_with_warmup, linear, cosine, ...)."""
     warmup_steps: int = 0
@@ -327,3 +325,15 @@ class ValidateConfig(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_on_config_error(config)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `grpo-train OVERRIDES` would run, composed in-process (tests, scripts)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from grpo_cli.paths import config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)

@@ -9,6 +9,7 @@ import datasets
 from omegaconf import DictConfig
 
 from grpo_cli.errors import UserError
+from grpo_cli.hub import use_cache_if_offline
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -25,6 +26,7 @@ def load_table(path: str, name: str | None = None, split: str = "train", key: st
         if fmt is None:
             raise DataError(f"{key}={path!r}: unsupported file type {local.suffix!r}; use one of {', '.join(_LOCAL_FORMATS)}")
         return datasets.load_dataset(fmt, data_files=str(local), split="train")
+    use_cache_if_offline()
     try:
         return datasets.load_dataset(path, name, split=split)
     except Exception as err:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_cli.errors import UserError
+from grpo_cli.hub import use_cache_if_offline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,8 +25,14 @@ def _hub_error(key: str, name: str, err: Exception) -> ModelLoadError:
     )
 
 
+def _use_cache_if_offline(name: str) -> None:
+    if not Path(name).expanduser().exists():
+        use_cache_if_offline()
+
+
 def load_tokenizer(cfg: DictConfig):
     name = cfg.tokenizer or cfg.path
+    _use_cache_if_offline(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except Exception as err:
@@ -34,6 +43,7 @@ def load_tokenizer(cfg: DictConfig):
 
 
 def load_causal_lm(cfg: DictConfig, dtype: str, trainable: bool) -> torch.nn.Module:
+    _use_cache_if_offline(cfg.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.path,

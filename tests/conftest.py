@@ -14,18 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def compose(overrides: list[str]):
-    """The real config tree, composed as the CLI would, with `overrides`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from grpo_cli.config import register_configs
-    from grpo_cli.paths import config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+from grpo_cli.config import compose  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")

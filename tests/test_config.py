@@ -63,6 +63,25 @@ def test_recipe_overrides_apply_and_cli_overrides_win():
     assert (cfg.algo.group_size, cfg.algo.beta) == (4, 0)
 
 
+@pytest.mark.parametrize("option", _options("optim"))
+def test_every_optimizer_option_instantiates(option):
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = _compose([f"optim={option}"])
+    opt = instantiate(cfg.optim.optimizer, params=[torch.nn.Parameter(torch.zeros(2))], lr=cfg.optim.lr)
+    assert type(opt).__name__ == cfg.optim.optimizer._target_.rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize("option", _options("algo"))
+def test_every_aggregation_option_instantiates(option):
+    import torch
+    from hydra.utils import instantiate
+
+    agg = instantiate(_compose([f"algo={option}"]).algo.aggregation)
+    assert agg.weights(torch.ones(2, 3)).shape == (2, 3)
+
+
 def test_every_group_has_a_real_option():
     for group in GROUPS:
         assert _options(group), f"conf/{group}/ has no option"

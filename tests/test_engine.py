@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_cli.learner import Learner, RolloutBatch
@@ -128,3 +129,20 @@ def test_missing_dataset_column_is_one_line_from_the_cli(tiny_overrides, tmp_pat
     assert out.returncode == 1
     assert "data.prompt_column='question' is not a column of the training data; columns: prompt, answer" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_sweep_runs_every_combination(tiny_overrides, tmp_path):
+    base = [o for o in tiny_overrides if not o.startswith(("algo.group_size", "train.max_steps"))]
+    args = ["-m", *base, "algo.group_size=2,4", "algo.beta=0,0.04", "train.max_steps=1",
+            "checkpoint.final=false", f"hydra.sweep.dir={tmp_path}"]
+    out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in runs] == ["0", "1", "2", "3"]
+    seen = set()
+    for r in runs:
+        cfg = OmegaConf.load(r / "config.yaml")
+        seen.add((cfg.algo.group_size, cfg.algo.beta))
+        steps = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+        assert len(steps) == 1 and ("kl/mean" in steps[0]) == (cfg.algo.beta > 0)
+    assert seen == {(2, 0.0), (2, 0.04), (4, 0.0), (4, 0.04)}
