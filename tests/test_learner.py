@@ -83,3 +83,20 @@ def test_reference_is_frozen_and_only_loaded_with_beta(tiny_overrides):
     assert not with_ref.ref.training
     assert Learner(compose(tiny_overrides + ["algo.beta=0"]), total_optim_steps=1).ref is None
     assert isinstance(with_ref.policy, AutoModelForCausalLM._model_mapping[type(with_ref.policy.config)])
+
+
+@pytest.mark.parametrize("mu,opt_bs,expected_steps", [(1, None, 1), (2, None, 2), (1, 2, 2), (2, 2, 4)])
+def test_optimizer_steps_and_pi_old_with_mu_and_optimizer_batches(tiny_overrides, mu, opt_bs, expected_steps):
+    overrides = ["algo.beta=0", "optim.lr=5e-2", f"algo.num_iterations={mu}", "train.micro_batch_size=1"]
+    if opt_bs:
+        overrides.append(f"train.optim_batch_size={opt_bs}")
+    learner = Learner(compose(tiny_overrides + overrides), total_optim_steps=expected_steps)
+    batch = RolloutBatch.build([[5, 6]] * 4, [[30, 31], [40, 41], [50], [60, 61, 62]], [[0.0] * 2, [0.0] * 2, [0.0], [0.0] * 3],
+                               torch.tensor([1.0, -1.0, 0.5, -0.5]), PAD)
+    metrics = learner.train_step(batch)
+    param = next(learner.policy.parameters())
+    assert int(learner.optimizer.state[param]["step"]) == expected_steps
+    if expected_steps == 1:  # one step on the sampling policy: ratio is exactly 1
+        assert metrics["ratio/max"] == 1.0
+    else:  # later steps see a moved policy against the no-grad pi_old: ratios leave 1
+        assert metrics["ratio/max"] > 1.0
