@@ -4,16 +4,14 @@
 
 Workload "bench-cpu": the tiny random Qwen2 of `grpo_cli.tiny` (hidden 256, 4 layers, vocab 128),
 prompts "a+b=" (a, b in 0..99), reward 1.0 when the completion starts with the sum; a step is
-16 prompts x 8 completions, at most 64 new tokens, temperature 1, beta 0.04, epsilon 0.2, mu 1,
-AdamW lr 1e-4. Each tool runs 1 warm-up step + `--steps` timed steps in its own subprocess, one
-after the other (never both at once: two CPU-bound processes on 2 cores skew each other):
+16 prompts x 8 completions, <= 64 new tokens, temperature 1, beta 0.04, epsilon 0.2, mu 1, AdamW
+lr 1e-4. Each tool runs 1 warm-up + `--steps` timed steps in its own subprocess, one after the
+other, once the cores are idle (and again if other jobs took them meanwhile; max 3 tries):
   - grpo-cli: the real CLI, `python -m grpo_cli ...` (vLLM CPU sampler + learner), read back from metrics.jsonl.
-  - TRL 1.16 GRPOTrainer on CPU in fp32 with transformers' `generate` (`pip install -e .[bench]`);
-    each optimiser step is timed by a TrainerCallback.
-Reported per tool: median s/step, generated tokens/s (per step, end to end), peak RSS (the
-child's ru_maxrss); for grpo-cli also the sample / score / learner / sync split, sampler tokens/s,
-log-prob drift and learner MFU against this machine's torch.mm peak (measured here, 2 threads).
-Headline: TRL s/step / grpo-cli s/step. Waits for the cores to be idle before each measurement.
+  - TRL 1.16 GRPOTrainer (extra `bench`), CPU, fp32, transformers' generate; a TrainerCallback times it.
+Reported: median s/step, generated tokens/s (per step), peak RSS (the child's ru_maxrss); for
+grpo-cli also the sample / score / learner / sync split, sampler tokens/s, log-prob drift and learner
+MFU against this machine's torch.mm peak (2 threads). Headline: TRL s/step / grpo-cli s/step.
 """
 
 from __future__ import annotations
@@ -21,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,28 +42,39 @@ def prepare(work: Path) -> tuple[Path, Path]:
     return save_tiny(work / "model"), write_jsonl(make_rows(ROWS, seed=SEED), work / "train.jsonl")
 
 
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Share of all cores busy over `seconds` (/proc/stat), i.e. what other jobs are using."""
-    def snap():  # (total, idle + iowait) jiffies
-        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-    (t0, i0), _, (t1, i1) = snap(), time.sleep(seconds), snap()
-    return 1 - (i1 - i0) / max(t1 - t0, 1)
+def cpu_seconds() -> float:
+    """Busy CPU seconds of all cores since boot (/proc/stat: everything but idle and iowait)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(max_wait: float, busy_max: float = 0.2) -> float:
-    """Wait (up to max_wait s) until the cores are idle; returns the last busy share seen."""
+def wait_idle(max_wait: float, busy_max: float = 0.2) -> None:
+    """Wait (at most max_wait s) until other jobs leave the cores (< busy_max of them busy over 2 s)."""
     deadline = time.monotonic() + max_wait
-    while (busy := cpu_busy()) > busy_max and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        c0, _, c1 = cpu_seconds(), time.sleep(2), cpu_seconds()
+        if (busy := (c1 - c0) / (2 * os.cpu_count())) <= busy_max:
+            return
         print(f"  cores {busy:.0%} busy with other work: waiting 30 s", flush=True)
         time.sleep(30)
-    if busy > busy_max:
-        print(f"  WARNING: measuring with cores {busy:.0%} busy; timings will be skewed", flush=True)
-    return busy
 
 
-def run_child(cmd: list[str], log: Path) -> float:
-    """Run `cmd` with output to `log`; returns the child's own peak RSS in MiB (wait4 rusage)."""
+def measure(name: str, fn, max_wait: float, tries: int = 3) -> dict:
+    """fn() once the cores are idle; again (up to `tries`) if other jobs took > 10 % of them meanwhile."""
+    for attempt in range(1, tries + 1):
+        print(f"{name}: waiting for idle cores, then 1 warm-up + timed steps (try {attempt}) ...", flush=True)
+        wait_idle(max_wait)
+        if (res := fn())["others_cpu"] <= 0.1:
+            break
+        print(f"  other jobs used {res['others_cpu']:.0%} of the cores meanwhile: "
+              + ("measuring again" if attempt < tries else "keeping it; timings are skewed"), flush=True)
+    return res
+
+
+def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run `cmd` with output to `log`. Returns the child's peak RSS in MiB (wait4's rusage) and
+    the share of the cores that other processes used meanwhile (contention: > 0.1 is suspect)."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
         _, status, usage = os.wait4(proc.pid, 0)
@@ -71,11 +82,13 @@ def run_child(cmd: list[str], log: Path) -> float:
     if proc.returncode != 0:
         sys.exit(f"{cmd[:3]} failed (exit {proc.returncode}); last lines of {log}:\n"
                  + "\n".join(log.read_text().splitlines()[-40:]))
-    return usage.ru_maxrss / 1024  # KiB on Linux
+    others = cpu_seconds() - c0 - usage.ru_utime - usage.ru_stime
+    return usage.ru_maxrss / 1024, max(others, 0) / ((time.perf_counter() - t0) * os.cpu_count())
 
 
 def bench_grpo_cli(model: Path, data: Path, work: Path, steps: int, dtype: str) -> dict:
     run_dir = work / "grpo-cli-run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl is appended to
     cmd = [
         sys.executable, "-m", "grpo_cli", "model=tiny-local", f"model.path={model}", "data=arithmetic",
         f"data.path={data}", "data.eval_holdout=0", "reward=arithmetic", "sampler=vllm-cpu",
@@ -86,14 +99,13 @@ def bench_grpo_cli(model: Path, data: Path, work: Path, steps: int, dtype: str) 
         f"optim.lr={LR}", "optim.optimizer.betas=[0.9,0.999]", "logger=none", "checkpoint.final=false",
         f"seed={SEED}", f"hydra.run.dir={run_dir}",
     ]
-    rss = run_child(cmd, work / "grpo-cli.log")
+    rss, others = run_child(cmd, work / "grpo-cli.log")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if "time/step_s" in r][1:]  # drop the warm-up step
-    keys = ["time/step_s", "time/sample_s", "time/reward_s", "time/learner_s", "time/sync_s",
-            "tokens_per_s", "completion_len/mean", "logprob_drift/max", "logprob_drift/mean"]
+    keys = [k for k in timed[0] if k.startswith(("time/", "tokens_per_s", "completion_len/mean", "logprob_drift"))]
     per_step = {k: [r[k] for r in timed] for k in keys}
     per_step["gen_tokens"] = [r["completion_len/mean"] * B * G for r in timed]
-    return {"cmd": " ".join(cmd[1:]), "peak_rss_mib": rss, "per_step": per_step}
+    return {"cmd": " ".join(cmd[1:]), "peak_rss_mib": rss, "others_cpu": others, "per_step": per_step}
 
 
 def trl_child(model: Path, data: Path, steps: int, out: Path) -> None:
@@ -152,8 +164,8 @@ def trl_child(model: Path, data: Path, steps: int, out: Path) -> None:
 def bench_trl(model: Path, data: Path, work: Path, steps: int) -> dict:
     cmd = [sys.executable, __file__, "--trl-child", str(work), "--steps", str(steps),
            "--model", str(model), "--data", str(data)]
-    rss = run_child(cmd, work / "trl.log")
-    return {"peak_rss_mib": rss, "per_step": json.loads((work / RESULT).read_text())}
+    rss, others = run_child(cmd, work / "trl.log")
+    return {"peak_rss_mib": rss, "others_cpu": others, "per_step": json.loads((work / RESULT).read_text())}
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
@@ -164,12 +176,7 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
     peak = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        torch.mm(a, b)
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
+        best = min(timeit.repeat(lambda a=a, b=b: torch.mm(a, b), number=1, repeat=reps + 1))  # 1st: warm-up
         peak[name] = 2 * n**3 / best / 1e9
     return peak
 
@@ -189,12 +196,11 @@ def learner_flops(model: Path, data: Path) -> tuple[int, float]:
 
 
 def summarise(res: dict, peak: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
-    med = {k: statistics.median(v) for k, v in res["per_step"].items()}
     s = res["per_step"]
     step_s = s.get("time/step_s") or s["step_s"]
     out = {"s_per_step": statistics.median(step_s), "peak_rss_mib": res["peak_rss_mib"],
-           "gen_tokens_per_s": statistics.median(t / x for t, x in zip(s["gen_tokens"], step_s)),
-           "median": med}
+           "others_cpu_share": res["others_cpu"], "median": {k: statistics.median(v) for k, v in s.items()},
+           "gen_tokens_per_s": statistics.median(t / x for t, x in zip(s["gen_tokens"], step_s))}
     if "time/learner_s" in s:  # grpo-cli: learner MFU per step, then the median
         # Policy forward + backward (6 N) and reference forward (2 N) per real token, prompt + completion.
         flops = [(6 + 2) * n_params * B * G * (prompt_len + c) for c in s["completion_len/mean"]]
@@ -223,20 +229,21 @@ def report(cli: dict, trl: dict | None, peak: dict, n_params: int, prompt_len: f
     row("generated tokens/s (per step)", cli["gen_tokens_per_s"], t.get("gen_tokens_per_s"), "{:,.0f}")
     row("completion length (mean)", m["completion_len/mean"], tm.get("completion_len/mean"), "{:.1f}")
     row("peak RSS (MiB)", cli["peak_rss_mib"], t.get("peak_rss_mib"), "{:,.0f}")
-    row("  sample s", m["time/sample_s"], tm.get("generate_s"))
+    row("  sample s (TRL: generate)", m["time/sample_s"], tm.get("generate_s"))
     row("  score s", m["time/reward_s"], fmt="{:.4f}")
     row("  learner s", m["time/learner_s"])
     row("  weight-sync s", m["time/sync_s"], fmt="{:.4f}")
-    row("sampler tokens/s (while sampling)", m["tokens_per_s"], fmt="{:,.0f}")
+    row("sampler tokens/s", m["tokens_per_s"], fmt="{:,.0f}")
     row(f"learner MFU (vs {dtype} mm peak)", 100 * cli["learner_mfu"], fmt="{:.1f} %")
+    row("cores used by other jobs meanwhile", 100 * cli["others_cpu_share"],
+        trl and 100 * trl["others_cpu_share"], "{:.0f} %")
     table.add_row("log-prob drift max / mean", f"{m['logprob_drift/max']:.1e} / {m['logprob_drift/mean']:.1e}", "-")
     Console().print(table)
-    print(f"matmul peak (torch.mm 2048^2, 2 threads): fp32 {peak['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16']:.0f} GFLOP/s")
-    print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion "
-          f"mean) tokens, N = {n_params:,} matmul params/token (all Linear incl. tied lm_head V x H; "
-          f"attention scores and padding not counted) = {cli['learner_flops_per_step'] / 1e9:.1f} GFLOP")
-    print("TRL 'sample s' is transformers.generate; its step also holds scoring, ref + policy passes.")
+    print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion mean) "
+          f"tokens = {cli['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} matmul "
+          "params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding not "
+          "counted). MFU = FLOPs / time/learner_s / torch.mm peak (2048^2, 2 threads): "
+          f"fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s")
     if trl:
         print(f"\nheadline: TRL s/step / grpo-cli s/step = {trl['s_per_step']:.2f} / "
               f"{cli['s_per_step']:.2f} = {trl['s_per_step'] / cli['s_per_step']:.2f}x")
@@ -265,16 +272,9 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         model, data = prepare(work)
         n_params, prompt_len = learner_flops(model, data)
-        busy = {}  # share of the cores other work used just before each measurement
-        print(f"grpo-cli: {a.steps} + 1 warm-up steps ...", flush=True)
-        busy["grpo_cli"] = wait_idle(a.max_wait)
-        cli_raw = bench_grpo_cli(model, data, work, a.steps, a.learner_dtype)
-        trl_raw = None
-        if not a.skip_trl:
-            print(f"TRL: {a.steps} + 1 warm-up steps ...", flush=True)
-            busy["trl"] = wait_idle(a.max_wait)
-            trl_raw = bench_trl(model, data, work, a.steps)
-        busy["matmul"] = wait_idle(a.max_wait)
+        cli_raw = measure("grpo-cli", lambda: bench_grpo_cli(model, data, work, a.steps, a.learner_dtype), a.max_wait)
+        trl_raw = None if a.skip_trl else measure("TRL", lambda: bench_trl(model, data, work, a.steps), a.max_wait)
+        wait_idle(a.max_wait)
         peak = matmul_peak()  # one tool at a time, never two CPU-bound processes at once
 
     cli = summarise(cli_raw, peak, n_params, prompt_len, a.learner_dtype)
@@ -284,13 +284,11 @@ def main() -> None:
         result = {
             "workload": {"prompts": B, "group_size": G, "max_new_tokens": MAX_NEW, "beta": BETA,
                          "epsilon": EPS, "lr": LR, "timed_steps": a.steps, "learner_dtype": a.learner_dtype},
-            "cores_busy_before": busy, "matmul_peak_gflops": peak,
-            "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len,
+            "matmul_peak_gflops": peak, "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len,
             "grpo_cli": cli | {"per_step": cli_raw["per_step"], "cmd": cli_raw["cmd"]},
             "trl": trl | {"per_step": trl_raw["per_step"]} if trl else None,
             "trl_over_grpo_cli": trl["s_per_step"] / cli["s_per_step"] if trl else None,
         }
-        a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {a.out}")
 

@@ -1,4 +1,5 @@
-"""A synthetic verifiable task, "a+b=" -> "c", and a short supervised warm start for it.
+"""Synthetic verifiable tasks ("a+b=" -> "c", "max(a,b)=" -> "c") and a short supervised warm
+start for them.
 
 The warm start plays the part of an Instruct checkpoint before RL: a model that knows the
 format and is sometimes right. GRPO then has to make it right more often.
@@ -21,6 +22,11 @@ def make_rows(n: int, seed: int, max_operand: int = 99) -> list[dict]:
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         rows.append({"prompt": f"{a}+{b}=", "answer": str(a + b)})
     return rows
+
+
+def max_rows(pairs: list[tuple[int, int]]) -> list[dict]:
+    """`max(a,b)=` -> the larger number: copying is easy for attention, choosing is the skill."""
+    return [{"prompt": f"max({a},{b})=", "answer": str(max(a, b))} for a, b in pairs]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
