@@ -5,7 +5,7 @@ Set-up (cached in .cache/demo/, so a second run starts training at once):
   1. a tiny Qwen2 with a character tokenizer (grpo_cli.tiny), random weights;
   2. train and held-out eval files with disjoint problems;
   3. a short supervised warm start (like an Instruct checkpoint before RL): it learns the format
-     and to copy one of the two numbers, and is right a quarter of the time.
+     and to copy one of the two numbers, and is right about a third of the time (greedy).
 Then the real CLI trains it with GRPO through vLLM: `grpo-train +recipe=demo ...`.
 """
 

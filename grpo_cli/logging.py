@@ -37,7 +37,7 @@ class RunLogger:
                 name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
             )
             if mode == "offline":
-                console.print(f"W&B is offline; upload later with: wandb sync {Path(self.wandb.dir).parent}")
+                console.print(f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
         self.progress = None
         if self.cfg.progress:
             self.progress = Progress(

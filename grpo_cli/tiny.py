@@ -111,21 +111,12 @@ def build_config(
     )
 
 
-def build_model(
-    tokenizer: PreTrainedTokenizerFast,
-    hidden_size: int = 256,
-    intermediate_size: int = 1024,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    seed: int = 0,
-    max_position_embeddings: int = 512,
-) -> Qwen2ForCausalLM:
-    """Randomly initialised Qwen2ForCausalLM (fp32, vocab 128); same seed -> same weights."""
-    config = build_config(
-        tokenizer, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
-        max_position_embeddings,
-    )
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> Qwen2ForCausalLM:
+    """Randomly initialised Qwen2ForCausalLM (fp32, vocab 128); same seed -> same weights.
+
+    `sizes` are build_config's keyword arguments (hidden_size, num_layers, ...).
+    """
+    config = build_config(tokenizer, **sizes)
     # Seeded init without disturbing the caller's global RNG stream (fork_rng restores it).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
