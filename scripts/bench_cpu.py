@@ -11,7 +11,7 @@ other, once the cores are idle (and again if other jobs took them meanwhile; max
   - TRL 1.16 GRPOTrainer (extra `bench`), CPU, fp32, transformers' generate; a TrainerCallback times it.
 Reported: median s/step, generated tokens/s (per step), peak RSS (the child's ru_maxrss); for
 grpo-cli also the sample / score / learner / sync split, sampler tokens/s, log-prob drift and learner
-MFU against this machine's torch.mm peak (2 threads). Headline: TRL s/step / grpo-cli s/step.
+MFU against this machine's matmul peak (2 threads). Headline: TRL s/step / grpo-cli s/step.
 """
 
 from __future__ import annotations
@@ -59,13 +59,13 @@ def wait_idle(max_wait: float, busy_max: float = 0.2) -> None:
 
 
 def measure(name: str, fn, max_wait: float) -> dict:
-    """fn() once the cores are idle; again while other jobs took > 10 % of them meanwhile and the
-    `max_wait` seconds are not spent (then the last, skewed, result is kept and flagged)."""
+    """fn() once the cores are idle; again if other jobs took > 10 % of them meanwhile (until max_wait)."""
     deadline = time.monotonic() + max_wait
     while True:
         print(f"{name}: waiting for idle cores, then 1 warm-up + timed steps ...", flush=True)
         wait_idle(deadline - time.monotonic())
-        if (res := fn())["others_cpu"] <= 0.1 or time.monotonic() > deadline:
+        peak = matmul_peak()  # the machine's speed drifts: probe it right before each tool
+        if (res := fn() | {"matmul_peak_gflops": peak})["others_cpu"] <= 0.1 or time.monotonic() > deadline:
             return res  # a skewed one shows in the table's "other jobs" row
         print(f"  other jobs used {res['others_cpu']:.0%} of the cores meanwhile: measuring again", flush=True)
 
@@ -167,8 +167,9 @@ def bench_trl(model: Path, data: Path, work: Path, steps: int) -> dict:
 
 
 def matmul_peak(reps: int = 5) -> dict[str, float]:
-    """Best-of-`reps` torch.mm GFLOP/s on 2 threads, per dtype. The size grows (256 .. 2048) until one
-    mm takes >= 0.1 s: without AVX-512 BF16 a bf16 mm runs a slow fallback at ~1 GFLOP/s."""
+    """Best-of-`reps` GFLOP/s of x @ W.T (F.linear, the layout of nn.Linear) on 2 threads, per dtype.
+    The size grows (256 .. 2048) until one product takes >= 0.1 s: without AVX-512 BF16 a bf16
+    product is slow here (and a plain bf16 torch.mm, x @ W, ~10x slower still)."""
     import torch
 
     torch.set_num_threads(2)
@@ -176,7 +177,7 @@ def matmul_peak(reps: int = 5) -> dict[str, float]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         for n in (256, 512, 1024, 2048):
             a = torch.randn(n, n).to(dtype)
-            best = min(timeit.repeat(lambda a=a: torch.mm(a, a), number=1, repeat=reps + 1))  # 1st: warm-up
+            best = min(timeit.repeat(lambda a=a: torch.nn.functional.linear(a, a), number=1, repeat=reps + 1))
             if best >= 0.1:
                 break
         peak[name], peak[f"{name}_n"] = 2 * n**3 / best / 1e9, n
@@ -197,10 +198,11 @@ def learner_flops(model: Path, data: Path) -> tuple[int, float]:
     return n, statistics.fmean(len(x) for x in ids)
 
 
-def summarise(res: dict, peak: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
+def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
     s = res["per_step"]
     step_s = s.get("time/step_s") or s["step_s"]
-    out = {"s_per_step": statistics.median(step_s), "peak_rss_mib": res["peak_rss_mib"],
+    peak = res["matmul_peak_gflops"]
+    out = {"s_per_step": statistics.median(step_s), "peak_rss_mib": res["peak_rss_mib"], "matmul_peak_gflops": peak,
            "others_cpu_share": res["others_cpu"], "median": {k: statistics.median(v) for k, v in s.items()},
            "gen_tokens_per_s": statistics.median(t / x for t, x in zip(s["gen_tokens"], step_s))}
     if "time/learner_s" in s:  # grpo-cli: learner MFU per step, then the median
@@ -212,11 +214,11 @@ def summarise(res: dict, peak: dict, n_params: int, prompt_len: float, dtype: st
     return out
 
 
-def report(cli: dict, trl: dict | None, peak: dict, n_params: int, prompt_len: float, dtype: str) -> None:
+def report(cli: dict, trl: dict | None, n_params: int, prompt_len: float, dtype: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    m = cli["median"]
+    m, peak = cli["median"], cli["matmul_peak_gflops"]
     table = Table(title=f"bench-cpu: {B} prompts x G={G}, <= {MAX_NEW} new tokens; median of timed steps")
     table.add_column("metric")
     table.add_column(f"grpo-cli (learner {dtype})", justify="right")
@@ -231,19 +233,20 @@ def report(cli: dict, trl: dict | None, peak: dict, n_params: int, prompt_len: f
     row("generated tokens/s (per step)", cli["gen_tokens_per_s"], t.get("gen_tokens_per_s"), "{:,.0f}")
     row("completion length (mean)", m["completion_len/mean"], tm.get("completion_len/mean"), "{:.1f}")
     row("peak RSS (MiB)", cli["peak_rss_mib"], t.get("peak_rss_mib"), "{:,.0f}")
+    row("fp32 matmul GFLOP/s just before", peak["fp32"], trl and trl["matmul_peak_gflops"]["fp32"], "{:.0f}")
     row("  sample s (TRL: generate)", m["time/sample_s"], tm.get("generate_s"))
     row("  score s", m["time/reward_s"], fmt="{:.4f}")
     row("  learner s", m["time/learner_s"])
     row("  weight-sync s", m["time/sync_s"], fmt="{:.4f}")
     row("sampler tokens/s", m["tokens_per_s"], fmt="{:,.0f}")
-    row(f"learner MFU (vs {dtype} mm peak)", 100 * cli["learner_mfu"], fmt="{:.1f} %")
+    row(f"learner MFU (vs {dtype} matmul peak)", 100 * cli["learner_mfu"], fmt="{:.1f} %")
     row("other jobs' CPU share (> 10 %: skewed)", 100 * cli["others_cpu_share"], trl and 100 * trl["others_cpu_share"], "{:.0f} %")
     table.add_row("log-prob drift max / mean", f"{m['logprob_drift/max']:.1e} / {m['logprob_drift/mean']:.1e}", "-")
     Console().print(table)
     print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion mean) "
           f"tokens = {cli['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} matmul "
           "params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding not "
-          "counted). MFU = FLOPs / time/learner_s / torch.mm peak (2 threads): "
+          "counted). MFU = FLOPs / time/learner_s / F.linear peak (2 threads) just before grpo-cli ran: "
           f"fp32 {peak['fp32']:.1f} GFLOP/s (n={peak['fp32_n']}), bf16 {peak['bf16']:.1f} GFLOP/s (n={peak['bf16_n']})")
     if trl:
         print(f"\nheadline: TRL s/step / grpo-cli s/step = {trl['s_per_step']:.2f} / "
@@ -275,17 +278,15 @@ def main() -> None:
         n_params, prompt_len = learner_flops(model, data)
         cli_raw = measure("grpo-cli", lambda: bench_grpo_cli(model, data, work, a.steps, a.learner_dtype), a.max_wait)
         trl_raw = None if a.skip_trl else measure("TRL", lambda: bench_trl(model, data, work, a.steps), a.max_wait)
-        wait_idle(a.max_wait)
-        peak = matmul_peak()  # one tool at a time, never two CPU-bound processes at once
 
-    cli = summarise(cli_raw, peak, n_params, prompt_len, a.learner_dtype)
-    trl = summarise(trl_raw, peak, n_params, prompt_len, "fp32") if trl_raw else None
-    report(cli, trl, peak, n_params, prompt_len, a.learner_dtype)
+    cli = summarise(cli_raw, n_params, prompt_len, a.learner_dtype)
+    trl = summarise(trl_raw, n_params, prompt_len, "fp32") if trl_raw else None
+    report(cli, trl, n_params, prompt_len, a.learner_dtype)
     if a.out:
         result = {
             "workload": {"prompts": B, "group_size": G, "max_new_tokens": MAX_NEW, "beta": BETA,
                          "epsilon": EPS, "lr": LR, "timed_steps": a.steps, "learner_dtype": a.learner_dtype},
-            "matmul_peak_gflops": peak, "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len,
+            "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len,
             "grpo_cli": cli | {"per_step": cli_raw["per_step"], "cmd": cli_raw["cmd"]},
             "trl": trl | {"per_step": trl_raw["per_step"]} if trl else None,
             "trl_over_grpo_cli": trl["s_per_step"] / cli["s_per_step"] if trl else None,
