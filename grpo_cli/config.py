@@ -91,6 +91,9 @@ class RewardConfig:
     `+reward.funcs.NAME.fn=my.module.fn`."""
     accuracy: str | None = None
     """Reward whose value 1.0 counts as correct for `eval/accuracy` and pass@k; None uses the first reward."""
+    max_failures_in_a_row: int = 3
+    """A reward that raises gets None for that call (counted in `reward/NAME/errors`); after this many
+    failed calls in a row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -191,6 +194,9 @@ class TrainConfig:
     """Passes over the training data when `max_steps` is 0."""
     autocast_dtype: str | None = None
     """Run the learner's matmuls under torch.autocast with this dtype (e.g. bfloat16); log-softmax, ratios and KL stay fp32."""
+    max_bad_steps: int = 3
+    """Optimiser steps with NaN/Inf gradients are skipped (counted in `bad_steps`); after this many in a
+    row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -211,6 +217,8 @@ class CheckpointConfig:
     """Save a checkpoint every N steps; 0 saves only at the end."""
     final: bool = True
     """Save the final model."""
+    keep_last: int = 2
+    """Keep the newest N `step_*` checkpoints (plus `final`); 0 keeps all."""
 
 
 @dataclass
@@ -231,6 +239,11 @@ class Config:
     """Only evaluate `model.path` on the eval split, no training."""
     run_name: str | None = None
     """Name of the run in W&B; None lets W&B pick one."""
+    resume: str | None = None
+    """Continue a run from its newest complete checkpoint: a run dir (`resume=outputs/...`, which also
+    becomes this run's dir), or `auto` (continue if `hydra.run.dir` already holds a checkpoint, else
+    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, logger.*, eval.* and
+    checkpoint.* may differ from the checkpoint's config."""
 
 
 def register_configs() -> None:
@@ -288,6 +301,13 @@ def validate(cfg: DictConfig) -> None:
         _check(t.optim_batch_size >= 1, "train.optim_batch_size", t.optim_batch_size, "must be >= 1 or null")
     _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
+    _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
+    _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
+    if cfg.resume not in (None, "auto"):
+        from grpo_cli.run_state import check_resume_dir
+
+        check_resume_dir(cfg.resume)
     for key, value in (("model.dtype", cfg.model.dtype), ("sampler.dtype", s.dtype)):
         _check(value in _DTYPES, key, value, f"must be one of {', '.join(_DTYPES)}")
     if t.autocast_dtype is not None:
