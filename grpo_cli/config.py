@@ -54,7 +54,7 @@ class DataConfig:
     prompt_column: str = "prompt"
     """Column holding the prompt text; every other column is passed to the rewards by name."""
     prompt_template: str = "{prompt}"
-    """Python format string for the user message; `{prompt}` is the prompt column's text."""
+    """Python format string for the user message; `{prompt}` is the prompt column's text, `{name}` any other column."""
     system_prompt: str | None = None
     """Optional system message (used only with a chat template)."""
     use_chat_template: bool = True
@@ -271,6 +271,19 @@ def _check_source(key: str, value: str | None) -> None:
     _check(bool(_HUB_ID.match(value)), key, value, "no such file or directory (and not a hub id)")
 
 
+def _check_target(key: str, node: Any) -> None:
+    """A `_target_` must import: say so now, not as an instantiate traceback after the engine started."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    _check(target is not None, f"{key}._target_", target, "is required (a dotted path to a class)")
+    try:
+        get_object(target)
+    except Exception as err:
+        msg = (str(err.__cause__ or err).splitlines() or [""])[0][:160]
+        _check(False, f"{key}._target_", target, f"cannot be imported ({msg})")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on a missing mandatory value or the first out-of-range value."""
     # Only our own nodes: hydra.* holds interpolations that resolve only inside a job.
@@ -304,6 +317,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
     _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
     _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
+    _check_target("optim.optimizer", o.optimizer)
+    _check_target("algo.aggregation", a.aggregation)
     if cfg.resume not in (None, "auto"):
         from grpo_cli.run_state import check_resume_dir
 

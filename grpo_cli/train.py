@@ -24,7 +24,7 @@ from grpo_cli.evaluate import evaluate, repeat_columns
 from grpo_cli.faults import RunStopped, StopSignals, stop_reason
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
-from grpo_cli.models import load_tokenizer
+from grpo_cli.models import check_model, load_tokenizer
 from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
@@ -51,12 +51,15 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
+    check_model(cfg.model, cfg.sampler.max_model_len, cfg.sampler.max_tokens)
     tokenizer = load_tokenizer(cfg.model)
     fmt = PromptFormatter(cfg.data, tokenizer)
     train_rows, eval_rows = load_splits(cfg.data)
     fmt.check_columns(train_rows, "training")
+    train_rows = fmt.fit(train_rows, "training", cfg.sampler.max_model_len)
     if eval_rows is not None:
         fmt.check_columns(eval_rows, "evaluation")
+        eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
