@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from grpo_cli.config import exit_on_config_error, register_configs
 from grpo_cli.errors import UserError
+from grpo_cli.faults import RunStopped
 from grpo_cli.paths import config_dir
 
 register_configs()
@@ -24,9 +25,12 @@ def _run(cfg: DictConfig) -> float | None:
 
     try:
         return run(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except RunStopped as err:  # Ctrl-C, SIGTERM, a fault: a checkpoint was written; say how to go on
+        print(f"grpo-train: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except UserError as err:  # the user's data, reward or model: one line, no traceback
         print(f"grpo-train: error: {err}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 1))
+        sys.exit(1)
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:

@@ -85,7 +85,7 @@ class StopSignals:
 def stop_reason(signals: StopSignals, guard: BadStepGuard | None, rewards) -> tuple[str, int] | None:
     """Why the run must stop now (message, exit code), or None."""
     if signals.received:
-        return f"stopped by {signals.received}", signals.exit_code
+        return f"{signals.received} received", signals.exit_code
     if guard is not None and guard.exhausted:
         return f"{guard.in_a_row} optimiser steps in a row had NaN/Inf gradients (train.max_bad_steps={guard.max_bad})", 1
     failing = getattr(rewards, "failing", None)

@@ -168,7 +168,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
             saved = save(step, f"step_{step}")
         if stop:
             logger.close()
-            raise RunStopped(f"{stop[0]}; stopped after step {step} with checkpoint {saved}; "
+            raise RunStopped(f"stopped after step {step}: {stop[0]}; checkpoint {saved}; "
                              f"continue with: grpo-train resume={run_dir}", exit_code=stop[1])
 
     last = run_eval(total_steps)

@@ -97,3 +97,41 @@ def test_killed_run_resumes_bit_identical(point, how, tiny_overrides, reference,
         cut = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl.cut").read_text().splitlines()]
         assert cut == [2]
     assert sorted(p.name for p in ckpts.iterdir()) == ["final", f"step_{STEPS - 1}", f"step_{STEPS}"]  # keep_last=2
+
+
+def _start_paused(args, point: str, log: Path, pause_s: float) -> subprocess.Popen:
+    err = open(log, "w")
+    proc = subprocess.Popen(GRPO_TRAIN + args, stdout=subprocess.DEVNULL, stderr=err,
+                            env=_env(GRPO_CLI_TEST_PAUSE=point, GRPO_CLI_TEST_PAUSE_S=str(pause_s)))
+    deadline = time.monotonic() + 240
+    while f"paused at {point}" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(tiny_overrides, reference, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "term.log"
+    proc = _start_paused(_args(tiny_overrides, run_dir), "learner@2", log, pause_s=2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == (f"grpo-train: stopped after step 2: SIGTERM received; checkpoint {run_dir}/checkpoints/step_2; "
+                    f"continue with: grpo-train resume={run_dir}")
+    assert (run_dir / "checkpoints" / "step_2" / "manifest.json").exists()
+    assert [m["step"] for m in _metrics(run_dir)] == [0, 1, 2]
+    _train([f"resume={run_dir}"])
+    _assert_same_run(run_dir, reference)
+
+
+def test_a_second_ctrl_c_exits_at_once(tiny_overrides, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "int.log"
+    proc = _start_paused(_args(tiny_overrides, run_dir), "learner@2", log, pause_s=30)
+    proc.send_signal(signal.SIGINT)
+    while "SIGINT received" not in log.read_text():
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130 and time.monotonic() - t0 < 10  # not after the 30 s pause
+    assert "second SIGINT: exiting now, without a checkpoint" in log.read_text()
+    assert not (run_dir / "checkpoints" / "step_2").exists()
