@@ -40,17 +40,22 @@ def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int):
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, wandb_id: str | None = None):
+        """`wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
         self.cfg, self.run_dir = cfg.logger, run_dir
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
-            self.wandb = wandb.init(
-                project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
-                name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
-            )
-            if mode == "offline":
+            try:
+                self.wandb = wandb.init(
+                    project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
+                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
+                    id=wandb_id, resume="allow" if wandb_id else None,
+                )
+            except Exception as err:  # no network, bad key, service down: the run goes on without W&B
+                self._wandb_failed("start", err)
+            if self.wandb is not None and mode == "offline":
                 console.print(f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
         self.progress = None
         if self.cfg.progress:
@@ -65,8 +70,7 @@ class RunLogger:
         metrics = to_host(metrics)
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        self._wandb_log(metrics, step)
         if self.progress is not None and "reward/mean" in metrics:
             info = (f"reward {metrics['reward/mean']:.3f}  kl {metrics.get('kl/mean', 0.0):.4f}  "
                     f"{metrics['time/step_s']:.2f} s/step")
@@ -80,7 +84,31 @@ class RunLogger:
         if self.wandb is not None and rows:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-            self.wandb.log({"completions": table}, step=step)
+            self._wandb_log({"completions": table}, step)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    def _wandb_log(self, data: dict, step: int) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.log(data, step=step)
+        except Exception as err:
+            self._wandb_failed("log", err)
+
+    def _wandb_failed(self, what: str, err: Exception) -> None:
+        """Warn once and go on logging to metrics.jsonl only."""
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        console.print(f"[yellow]warning:[/] W&B could not {what} ({type(err).__name__}: {first_line}); "
+                      f"logging to {self.run_dir / 'metrics.jsonl'} only")
+        if self.wandb is not None:
+            try:
+                self.wandb.finish(exit_code=1)
+            except Exception:
+                pass
+        self.wandb = None
 
     def print_table(self, title: str, values: dict[str, float]) -> None:
         table = Table(title=title)
@@ -95,4 +123,7 @@ class RunLogger:
             self.progress.stop()
         self.metrics_file.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except Exception as err:
+                self._wandb_failed("finish", err)
