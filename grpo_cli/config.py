@@ -117,8 +117,9 @@ class SamplerConfig:
     """Maximum completion length in tokens."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; the completion ends before them (finish reason `stop`)."""
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=lambda: {"use_tqdm_on_load": False})
+    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
+    default, which keeps vLLM's checkpoint-loading progress bar off the console."""
 
 
 @dataclass
@@ -175,6 +176,8 @@ class LoggerConfig:
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    verbose: bool = False
+    """Also show engine and library logs (vLLM, transformers, W&B) on the console; they always go to `<run_dir>/train.log`."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from grpo_cli.advantages import group_advantages
 from grpo_cli.checkpoint import save_checkpoint
+from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
 from grpo_cli.evaluate import evaluate, repeat_columns
 from grpo_cli.learner import Learner, RolloutBatch
@@ -33,6 +34,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    route_logs(cfg.logger, run_dir)  # library chatter -> run_dir/train.log
     set_seed(cfg.seed)  # python, numpy and torch RNGs; the engine has its own seed
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
@@ -47,7 +49,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         eval_ids = fmt.encode(eval_batch.prompts)
     rewards = Rewards.from_config(cfg.reward)
     accuracy_reward = cfg.reward.accuracy or rewards.names[0]
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
     G, B = cfg.algo.group_size, cfg.train.prompts_per_step
 
     def run_eval(step: int) -> dict[str, float]:
@@ -60,7 +61,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps)
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)))
+    sampler = VLLMSampler(cfg.sampler, cfg.model)
     if cfg.eval_only:
         final = run_eval(0)
         logger.close()
