@@ -21,7 +21,7 @@ from grpo_cli.advantages import group_advantages
 from grpo_cli.checkpoint import save_checkpoint
 from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
-from grpo_cli.evaluate import evaluate, repeat_columns
+from grpo_cli.evaluate import evaluate
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
 from grpo_cli.models import load_tokenizer
@@ -81,9 +81,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
         t_sample = time.perf_counter()
 
-        # 2. Score every completion; each reward is kept for logging.
-        prompts = [p for p in batch.prompts for _ in range(G)]
-        scores = rewards(prompts, rollouts.texts, repeat_columns(batch.columns, G))
+        # 2. Score every completion (rewards are called as TRL calls them); each is kept for logging.
+        group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
+        scores = rewards(group, rollouts)
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
@@ -124,10 +124,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
-                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                {"prompt": group.prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
                  "advantage": advantages[i].item(),
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
-                for i in range(min(cfg.logger.completions_rows, len(prompts)))
+                for i in range(min(cfg.logger.completions_rows, len(group.prompts)))
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)

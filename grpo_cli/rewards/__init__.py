@@ -1,11 +1,20 @@
-"""Rewards: named callables `fn(prompts, completions, **columns) -> list[float | None]`, combined
-with weights. Each is logged on its own; None means "not applicable" and is left out."""
+"""Rewards: named callables combined with weights. Each is logged on its own; None means "not
+applicable" and is left out.
+
+Rewards are called the way TRL's GRPOTrainer calls them, so a reward written for TRL works here
+unchanged: `fn(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]`,
+where `columns` are the dataset's columns (all but `prompt`, `completion` and `completion_ids`),
+one value per completion. For a conversational dataset (a `prompt` column of chat messages)
+`prompts` are the message lists and each completion is `[{"role": "assistant", "content": text}]`;
+otherwise both are strings. `completion_text` turns either form into text.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import get_object, instantiate
@@ -14,7 +23,18 @@ from omegaconf import DictConfig
 from grpo_cli.config import reward_spec
 from grpo_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from grpo_cli.data import PromptBatch
+    from grpo_cli.sampler import Rollouts
+
 RewardFn = Callable[..., list]
+# TRL passes these as arguments of their own, never as dataset columns.
+_NOT_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+def completion_text(completion: str | list[dict]) -> str:
+    """A completion as text: itself, or the content of the last message of a conversational one."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
 class RewardError(UserError):
@@ -51,7 +71,11 @@ class Rewards:
     def names(self) -> list[str]:
         return list(self.funcs)
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
+    def __call__(self, batch: PromptBatch, rollouts: Rollouts) -> RewardResult:
+        """Score `rollouts` ([N]) of `batch` (its rows repeated to [N], as `PromptBatch.repeat` does)."""
+        prompts, completions = batch.reward_prompts, batch.reward_completions(rollouts.texts)
+        columns = {k: v for k, v in batch.columns.items() if k not in _NOT_COLUMNS}
+        columns["completion_ids"] = rollouts.completion_ids
         per_reward = {name: self._score(name, fn, prompts, completions, columns) for name, (fn, _) in self.funcs.items()}
         stacked = torch.stack([per_reward[n] * w for n, (_, w) in self.funcs.items()])  # [R, N]
         total = torch.nansum(stacked, 0)  # [N]
@@ -61,7 +85,7 @@ class Rewards:
     @staticmethod
     def _score(name, fn, prompts, completions, columns) -> torch.Tensor:
         try:
-            values = fn(prompts, completions, **columns)
+            values = fn(prompts=prompts, completions=completions, **columns)
         except Exception as err:
             raise RewardError(f"reward '{name}' raised {type(err).__name__}: {err}") from err
         if values is None or len(values) != len(completions):
