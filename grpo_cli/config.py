@@ -46,9 +46,11 @@ class DataConfig:
     train_split: str = "train"
     """Split used for training."""
     eval_split: str | None = None
-    """Split used for evaluation; None evaluates on nothing. For a local file, an `eval_path` or a held-out slice."""
+    """Split used for evaluation (of `eval_path` when that is a hub dataset, else of `path`); None evaluates on nothing.
+    For a local file, an `eval_path` or a held-out slice."""
     eval_path: str | None = None
-    """Local file for evaluation when `path` is a local file; None holds out `eval_holdout` rows of it."""
+    """Evaluation data: a local file, or a different hub dataset (e.g. `HuggingFaceH4/MATH-500`, its `eval_split`);
+    None holds out `eval_holdout` rows of a local `path`, or uses `eval_split` of a hub `path`."""
     eval_holdout: int = 0
     """Rows held out of a local training file for evaluation when no `eval_path` is given."""
     prompt_column: str = "prompt"

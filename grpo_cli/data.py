@@ -39,8 +39,8 @@ def load_table(path: str, name: str | None = None, split: str = "train", key: st
 def load_splits(cfg: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Training rows and evaluation rows (or None) as `data` describes them."""
     train = load_table(cfg.path, cfg.name, cfg.train_split)
-    if cfg.eval_path is not None:
-        return train, load_table(cfg.eval_path, key="data.eval_path")
+    if cfg.eval_path is not None:  # a local file, or another hub dataset (its `eval_split`)
+        return train, load_table(cfg.eval_path, split=cfg.eval_split or "train", key="data.eval_path")
     if Path(cfg.path).expanduser().exists():
         if cfg.eval_holdout <= 0:
             return train, None

@@ -63,3 +63,19 @@ def _has_think_before_answer(prompt: str, completion: str) -> bool:
         return False
     after = completion[closed + len("</think>") :]
     return bool(after.strip()) and ("####" not in completion or "####" in after)
+
+
+class Boxed:
+    """Reward `value` when the completion puts a non-empty answer in `\\boxed{...}`, else 0.0."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+        self.__name__ = "boxed_format"
+
+    def __call__(self, prompts: list, completions: list, **columns: list) -> list[float]:
+        return [self.value if _has_boxed(completion_text(c)) else 0.0 for c in completions]
+
+
+def _has_boxed(completion: str) -> bool:
+    start = completion.rfind("\\boxed{")
+    return start >= 0 and bool(completion[start + len("\\boxed{"):].partition("}")[0].strip())
