@@ -46,9 +46,11 @@ class DataConfig:
     train_split: str = "train"
     """Split used for training."""
     eval_split: str | None = None
-    """Split used for evaluation; None evaluates on nothing. For a local file, an `eval_path` or a held-out slice."""
+    """Split used for evaluation (of `eval_path` when that is a hub dataset, else of `path`); None evaluates on nothing.
+    For a local file, an `eval_path` or a held-out slice."""
     eval_path: str | None = None
-    """Local file for evaluation when `path` is a local file; None holds out `eval_holdout` rows of it."""
+    """Evaluation data: a local file, or a different hub dataset (e.g. `HuggingFaceH4/MATH-500`, its `eval_split`);
+    None holds out `eval_holdout` rows of a local `path`, or uses `eval_split` of a hub `path`."""
     eval_holdout: int = 0
     """Rows held out of a local training file for evaluation when no `eval_path` is given."""
     prompt_column: str = "prompt"
@@ -120,8 +122,9 @@ class SamplerConfig:
     """Maximum completion length in tokens."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; the completion ends before them (finish reason `stop`)."""
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=lambda: {"use_tqdm_on_load": False})
+    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
+    default, which keeps vLLM's checkpoint-loading progress bar off the console."""
     sleep_level: int = 0
     """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
     weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
@@ -182,6 +185,8 @@ class LoggerConfig:
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    verbose: bool = False
+    """Also show engine and library logs (vLLM, transformers, W&B) on the console; they always go to `<run_dir>/train.log`."""
 
 
 @dataclass

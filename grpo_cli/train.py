@@ -19,8 +19,9 @@ from transformers import set_seed
 
 from grpo_cli import run_state
 from grpo_cli.advantages import group_advantages
+from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
-from grpo_cli.evaluate import evaluate, repeat_columns
+from grpo_cli.evaluate import evaluate
 from grpo_cli.faults import RunStopped, StopSignals, stop_reason
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
@@ -49,6 +50,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         state = run_state.load(checkpoint)
         run_state.cut_logs(run_dir, state.log_sizes)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    route_logs(cfg.logger, run_dir)  # library chatter -> run_dir/train.log
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
     check_model(cfg.model, cfg.sampler.max_model_len, cfg.sampler.max_tokens)
@@ -65,7 +67,6 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         eval_ids = fmt.encode(eval_batch.prompts)
     rewards = Rewards.from_config(cfg.reward)
     accuracy_reward = cfg.reward.accuracy or rewards.names[0]
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
     G, B = cfg.algo.group_size, cfg.train.prompts_per_step
 
     def run_eval(step: int) -> dict[str, float]:
@@ -78,7 +79,9 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps, wandb_id=state.wandb_id if state else None)
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
+                       wandb_id=state.wandb_id if state else None)
+    sampler = VLLMSampler(cfg.sampler, cfg.model)
     if cfg.eval_only:
         set_seed(cfg.seed)
         final = run_eval(0)
@@ -111,9 +114,9 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         run_state.pause_for_test("rollout", step)
         t_sample = time.perf_counter()
 
-        # 2. Score every completion; each reward is kept for logging.
-        prompts = [p for p in batch.prompts for _ in range(G)]
-        scores = rewards(prompts, rollouts.texts, repeat_columns(batch.columns, G))
+        # 2. Score every completion (rewards are called as TRL calls them); each is kept for logging.
+        group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
+        scores = rewards(group, rollouts)
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
@@ -158,10 +161,10 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
-                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                {"prompt": group.prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
                  "advantage": advantages[i].item(),
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
-                for i in range(min(cfg.logger.completions_rows, len(prompts)))
+                for i in range(min(cfg.logger.completions_rows, len(group.prompts)))
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)
