@@ -20,7 +20,7 @@ def evaluate(
 ) -> dict[str, float]:
     """`eval/accuracy`: share of prompts whose greedy completion scores 1.0 on `accuracy_reward`."""
     greedy = sampler.generate(prompt_ids, n=1, temperature=0.0, max_tokens=max_tokens)
-    scores = rewards(batch.prompts, greedy.texts, batch.columns)
+    scores = rewards(batch.prompts, greedy.texts, batch.columns, greedy.completion_ids)
     correct = scores.per_reward[accuracy_reward] == 1.0  # [P]
     out = {
         "eval/accuracy": correct.float().mean().item(),
@@ -30,7 +30,7 @@ def evaluate(
     if pass_k > 0:
         sampled = sampler.generate(prompt_ids, n=pass_k, temperature=temperature, max_tokens=max_tokens)
         prompts = [p for p in batch.prompts for _ in range(pass_k)]
-        k_scores = rewards(prompts, sampled.texts, repeat_columns(batch.columns, pass_k))
+        k_scores = rewards(prompts, sampled.texts, repeat_columns(batch.columns, pass_k), sampled.completion_ids)
         hits = (k_scores.per_reward[accuracy_reward] == 1.0).view(-1, pass_k)  # [P, k]
         out[f"eval/pass@{pass_k}"] = hits.any(-1).float().mean().item()
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
@@ -21,6 +22,8 @@ from grpo_cli.advantages import group_advantages
 from grpo_cli.checkpoint import save_checkpoint
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
 from grpo_cli.evaluate import evaluate, repeat_columns
+from grpo_cli.filters import ScoredGroups
+from grpo_cli.kl_control import KLWatch
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
 from grpo_cli.models import load_tokenizer
@@ -72,53 +75,81 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
     first = run_eval(0)
 
-    for step in range(1, total_steps + 1):
+    batch_filter = instantiate(cfg.algo.batch_filter)
+
+    def stop(step: int) -> Path:  # the KL watch's `stop`: keep the model, close the logs
+        path = save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / f"step_{step}")
+        logger.close()
+        return path
+
+    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop)
+    timer = {"sample": 0.0, "reward": 0.0}
+
+    def draw() -> ScoredGroups:
+        """B prompts from the stream, G completions each from the current policy, scored."""
         t0 = time.perf_counter()
-        # 1. B prompts, G completions each, from the current policy.
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
-        t_sample = time.perf_counter()
+        t1 = time.perf_counter()
+        prompts, columns = [p for p in batch.prompts for _ in range(G)], repeat_columns(batch.columns, G)
+        scores = rewards(prompts, rollouts.texts, columns, rollouts.completion_ids)
+        timer["sample"], timer["reward"] = timer["sample"] + t1 - t0, timer["reward"] + time.perf_counter() - t1
+        return ScoredGroups(prompts, columns, rollouts, scores, G)
 
-        # 2. Score every completion; each reward is kept for logging.
-        prompts = [p for p in batch.prompts for _ in range(G)]
-        scores = rewards(prompts, rollouts.texts, repeat_columns(batch.columns, G))
+    for step in range(1, total_steps + 1):
+        t0 = time.perf_counter()
+        timer.update(sample=0.0, reward=0.0)
+        # 1-2. Sample B prompts x G completions and score every completion (each reward is kept
+        #      for logging); the batch filter picks the groups to train on, drawing more if it must.
+        drawn, groups = batch_filter(draw)
+        rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
-        adv = group_advantages(scores.total.view(B, G), cfg.algo.adv_eps, cfg.algo.scale_rewards)
-        advantages = adv.advantages.flatten()  # [B*G]
+        adv = group_advantages(scores.total.view(len(groups), G), cfg.algo.adv_eps, cfg.algo.scale_rewards)
+        advantages = adv.advantages.flatten()  # [n*G]
 
-        # 4. The GRPO update: mu passes of shuffled micro-batches.
-        rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
-                                           advantages, tokenizer.pad_token_id)
-        learner_metrics = learner.train_step(rollout_batch)
+        # 4. The GRPO update: mu passes of shuffled micro-batches (none if no group is left).
+        beta = learner.loss_fn.beta  # the KL weight of this step (the KL watch may adapt it)
+        learner_metrics = {}
+        if len(groups):
+            rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
+                                               advantages, tokenizer.pad_token_id)
+            learner_metrics = learner.train_step(rollout_batch)
         t_learn = time.perf_counter()
 
         # 5. The next rollouts come from the updated policy.
         sampler.load_weights(learner.weights())
         t_sync = time.perf_counter()
 
-        lengths = torch.tensor([len(c) for c in rollouts.completion_ids], dtype=torch.float32)
+        # Rewards and rollouts: everything drawn this step; advantages: the groups trained on.
+        everything = drawn.scores.total
+        lengths = torch.tensor([len(c) for c in drawn.rollouts.completion_ids], dtype=torch.float32)
         metrics = {
-            "reward/mean": torch.nanmean(scores.total).item(),
-            "reward/std": scores.total[~scores.total.isnan()].std().item() if scores.total.numel() > 1 else 0.0,
-            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in scores.per_reward.items()},
-            "advantage/mean": advantages.mean().item(),
-            "advantage/std": advantages.std().item(),
-            "frac_zero_std": adv.frac_zero_std,
+            "reward/mean": torch.nanmean(everything).item(),
+            "reward/std": everything[~everything.isnan()].std().item() if everything.numel() > 1 else 0.0,
+            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in drawn.scores.per_reward.items()},
+            "advantage/mean": advantages.mean().item() if len(groups) else 0.0,
+            "advantage/std": advantages.std().item() if len(groups) else 0.0,
+            "frac_zero_std": drawn.zero_std.float().mean().item(),
+            "filter/groups_drawn": len(drawn),
+            "filter/groups_trained": len(groups),
             "completion_len/mean": lengths.mean().item(),
             "completion_len/max": lengths.max().item(),
-            "truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(lengths),
+            "truncated_frac": sum(r == "length" for r in drawn.rollouts.finish_reasons) / len(lengths),
             **learner_metrics,
-            "time/sample_s": t_sample - t0,
-            "time/reward_s": t_reward - t_sample,
+            "beta": beta,
+            "time/sample_s": timer["sample"],
+            "time/reward_s": timer["reward"],
             "time/learner_s": t_learn - t_reward,
             "time/sync_s": t_sync - t_learn,
             "time/step_s": t_sync - t0,
-            "tokens_per_s": rollouts.num_tokens / (t_sample - t0),
+            "tokens_per_s": drawn.rollouts.num_tokens / timer["sample"],
             "epoch": stream.epoch,
         }
         logger.log(step, metrics)
+        # 6. KL watch (algo.kl_limit): warn, stop with a checkpoint, or adapt beta for the next step.
+        kl_watch.update(step, learner_metrics.get("kl/mean"), len(rollouts.texts))
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [

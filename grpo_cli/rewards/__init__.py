@@ -51,7 +51,11 @@ class Rewards:
     def names(self) -> list[str]:
         return list(self.funcs)
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
+    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list],
+                 completion_ids: list[list[int]] | None = None) -> RewardResult:
+        """`completion_ids` (token ids of each completion) reach every reward as a keyword argument."""
+        if completion_ids is not None:
+            columns = {**columns, "completion_ids": completion_ids}
         per_reward = {name: self._score(name, fn, prompts, completions, columns) for name, (fn, _) in self.funcs.items()}
         stacked = torch.stack([per_reward[n] * w for n, (_, w) in self.funcs.items()])  # [R, N]
         total = torch.nansum(stacked, 0)  # [N]
