@@ -88,6 +88,8 @@ class RewardSpec:
 def reward_spec(name: str, entry: Any) -> RewardSpec:
     """One `reward.funcs` entry checked against RewardSpec (an open dict there, so the CLI can add rewards)."""
     try:
+        if isinstance(entry, DictConfig):  # resolve `${sampler.max_tokens}` etc. against the whole config
+            entry = OmegaConf.to_container(entry, resolve=True)
         spec = OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
         _ = spec.fn  # mandatory
     except Exception as err:
