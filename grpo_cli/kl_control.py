@@ -49,10 +49,11 @@ class KLWatch:
     def from_config(cls, algo, loss, stop: Callable[[int], object]) -> KLWatch:
         return cls(algo.kl_limit, algo.kl_action, algo.kl_horizon, loss, stop)
 
-    def update(self, step: int, kl: float | None, n: int) -> None:
+    def update(self, step: int, kl, n: int) -> None:
         """After step `step`, whose mean per-token KL was `kl`, over `n` completions."""
         if self.limit is None or kl is None:
             return
+        kl = float(kl)  # a 0-dim tensor on the learner's device: one copy per step
         if self.controller is not None:
             self.loss.beta = self.controller.update(kl, n)
             return

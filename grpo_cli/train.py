@@ -102,6 +102,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         # 1-2. Sample B prompts x G completions and score every completion (each reward is kept
         #      for logging); the batch filter picks the groups to train on, drawing more if it must.
         drawn, groups = batch_filter(draw)
+        sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
         t_reward = time.perf_counter()
 
@@ -115,7 +116,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         if len(groups):
             rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
                                                advantages, tokenizer.pad_token_id)
-            learner_metrics = learner.train_step(rollout_batch)
+            learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
+        learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         t_learn = time.perf_counter()
 
         # 5. The next rollouts come from the updated policy.
