@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from transformers import get_scheduler
 
 from grpo_cli.logprobs import token_logprobs
+from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
 
@@ -87,6 +88,8 @@ class Learner:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
+        # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
+        self.peft = apply_lora(self.policy, cfg.model.lora) if cfg.model.lora.r else None
         # The reference is only needed for the KL term.
         self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
                     if cfg.algo.beta > 0 else None)
@@ -182,6 +185,14 @@ class Learner:
             torch.cuda.synchronize(self.device)
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's parameters by name, for the sampler."""
+        """The policy's parameters by the base model's names (LoRA merged in), for the sampler."""
+        if self.peft is not None:
+            yield from merged_weights(self.policy)
+            return
         for name, tensor in self.policy.state_dict().items():
             yield name, tensor.detach()
+
+    @property
+    def checkpoint_model(self) -> torch.nn.Module:
+        """What a checkpoint saves: the PeftModel (the adapter) with LoRA, else the policy."""
+        return self.peft if self.peft is not None else self.policy

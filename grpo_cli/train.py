@@ -27,6 +27,7 @@ from grpo_cli.kl_control import KLWatch
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
 from grpo_cli.models import load_tokenizer
+from grpo_cli.reference import ReferenceRefresh
 from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
@@ -78,11 +79,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     batch_filter = instantiate(cfg.algo.batch_filter)
 
     def stop(step: int) -> Path:  # the KL watch's `stop`: keep the model, close the logs
-        path = save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / f"step_{step}")
+        path = save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / f"step_{step}",
+                               cfg.checkpoint.merged)
         logger.close()
         return path
 
     kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop)
+    ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
     timer = {"sample": 0.0, "reward": 0.0}
 
     def draw() -> ScoredGroups:
@@ -120,9 +123,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         t_learn = time.perf_counter()
 
-        # 5. The next rollouts come from the updated policy.
+        # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
+        #    the KL reference moves to it too.
         sampler.load_weights(learner.weights())
         t_sync = time.perf_counter()
+        events = ref_refresh(step)
 
         # Rewards and rollouts: everything drawn this step; advantages: the groups trained on.
         everything = drawn.scores.total
@@ -148,6 +153,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             "time/step_s": t_sync - t0,
             "tokens_per_s": drawn.rollouts.num_tokens / timer["sample"],
             "epoch": stream.epoch,
+            **events,
         }
         logger.log(step, metrics)
         # 6. KL watch (algo.kl_limit): warn, stop with a checkpoint, or adapt beta for the next step.
@@ -163,11 +169,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / f"step_{step}")
+            save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / f"step_{step}",
+                            cfg.checkpoint.merged)
 
     last = run_eval(total_steps)
     if cfg.checkpoint.final:
-        save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / "final")
+        save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / "final", cfg.checkpoint.merged)
     logger.close()
     if last:
         logger.print_table("held-out evaluation", {f"before {k}": v for k, v in first.items()}

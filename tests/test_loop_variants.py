@@ -203,9 +203,43 @@ def test_reward_model_scores_equal_a_direct_forward_of_prompt_plus_completion(ti
 def test_reward_model_next_to_a_rule_reward_with_weights(tiny_rm):
     path, _, _ = tiny_rm
     cfg = compose(["reward=arithmetic", "+reward.funcs.rm.fn._target_=grpo_cli.rewards.model.RewardModel",
-                   f"+reward.funcs.rm.fn.path={path}", "+reward.funcs.rm.weight=0.5"])
+                   f"+reward.funcs.rm.fn.path={path}", "+reward.funcs.rm.fn.device=${train.device}",
+                   "+reward.funcs.rm.weight=0.5", "train.device=cpu"])
     rewards = Rewards.from_config(cfg.reward)
+    assert rewards.funcs["rm"][0].device == torch.device("cpu")  # the learner's device, by interpolation
     out = rewards(["1+1=", "1+1="], ["2", "3"], {"answer": ["2", "2"]})
     rm, rule = out.per_reward["rm"], out.per_reward["correct"]
     assert rule.tolist() == [1.0, 0.0]
     assert torch.allclose(out.total, rule + 0.5 * rm) and not math.isclose(rm[0].item(), 0.0)
+
+
+def _tiny_lm(seed):
+    from grpo_cli.tiny import build_model, build_tokenizer
+
+    return build_model(build_tokenizer(), seed=seed, hidden_size=16, intermediate_size=32, num_layers=1,
+                       num_heads=2, num_kv_heads=1)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.25])
+def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
+    from grpo_cli.reference import ReferenceRefresh
+
+    policy, ref = _tiny_lm(1), _tiny_lm(2)
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    refresh = ReferenceRefresh(every=3, alpha=alpha, ref=ref, policy_weights=lambda: iter(policy.state_dict().items()))
+    assert refresh(1) == {} and refresh(2) == {}
+    assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())  # not due yet
+    assert refresh(3) == {"ref/refreshed": 1.0}
+    pol = policy.state_dict()
+    assert ref.config.tie_word_embeddings  # lm_head and embeddings share storage: mixed once, not twice
+    for k, v in ref.state_dict().items():
+        expected = pol[k] if alpha == 1.0 else alpha * pol[k] + (1 - alpha) * before[k]
+        assert torch.allclose(v, expected, atol=1e-7), k
+    assert not torch.equal(ref.state_dict()["lm_head.weight"], before["lm_head.weight"])
+
+    # The reference's weights round-trip through state_dict (what a checkpoint keeps).
+    state = refresh.state_dict()
+    other = ReferenceRefresh(every=3, alpha=alpha, ref=_tiny_lm(2), policy_weights=None)
+    other.load_state_dict(state)
+    assert other.last == 3 and all(torch.equal(v, ref.state_dict()[k]) for k, v in other.ref.state_dict().items())
+    assert ReferenceRefresh(every=3, alpha=alpha, ref=ref, policy_weights=None).state_dict() == {"last": 0}
