@@ -1,4 +1,5 @@
-"""LoRA and reference refresh through the real vLLM engine on the tiny model."""
+"""Loop-side variants through the real vLLM engine on the tiny model: LoRA, reference refresh, KL
+watch, batch filters."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.engine
 
 PROMPTS = ["12+34=", "7+8=", "99+1=", "hello"]
 # A reward the random tiny model earns sometimes, so that groups have signal and the policy moves.
-SIGNAL = ["~reward.funcs.correct", "+reward.funcs.chars.fn=tests.test_lora_ref_engine.distinct_chars",
+SIGNAL = ["~reward.funcs.correct", "+reward.funcs.chars.fn=tests.test_loop_variants_engine.distinct_chars",
           "reward.accuracy=chars"]
 
 
@@ -123,3 +124,36 @@ def test_kl_watch_in_the_loop_adapts_beta_and_stops_with_a_checkpoint(tiny_overr
         run(cfg, run_dir=tmp_path / "stop")
     AutoModelForCausalLM.from_pretrained(tmp_path / "stop" / "checkpoints" / "step_2")
     assert len((tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()) == 3  # eval 0, steps 1, 2
+
+
+def _steps(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+
+
+def test_skip_zero_std_spends_no_learner_step_on_groups_without_signal(tiny_overrides, tiny_model, tmp_path):
+    """The random tiny model never solves arithmetic: every group's rewards are all 0."""
+    cfg = compose(tiny_overrides + ["filter=skip_zero_std", "algo.beta=0.04", "train.device=cpu"])
+    run(cfg, run_dir=tmp_path)
+    for m in _steps(tmp_path):
+        assert m["frac_zero_std"] == 1.0 and m["filter/groups_drawn"] == 4 and m["filter/groups_trained"] == 0
+        assert "loss" not in m and "kl/mean" not in m  # the learner did not run
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "final").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dynamic_sampling_in_the_loop_draws_until_its_budget_and_logs_it(tiny_overrides, tmp_path):
+    # No group ever has signal: every step draws 1 + max_extra_draws batches of B = 4 prompts.
+    cfg = compose(tiny_overrides + ["filter=dynamic_sampling", "algo.batch_filter.max_extra_draws=2", "train.device=cpu",
+                                    "checkpoint.final=false"])
+    run(cfg, run_dir=tmp_path / "none")
+    assert [(m["filter/groups_drawn"], m["filter/groups_trained"]) for m in _steps(tmp_path / "none")] == [(12, 0)] * 2
+    # Most groups have signal: draws stop once B = 4 informative groups exist; B of them are trained on.
+    cfg = compose(tiny_overrides + SIGNAL + ["filter=dynamic_sampling", "algo.batch_filter.max_extra_draws=2",
+                                             "train.device=cpu", "checkpoint.final=false"])
+    run(cfg, run_dir=tmp_path / "some")
+    for m in _steps(tmp_path / "some"):
+        drawn = m["filter/groups_drawn"]
+        informative = round(drawn * (1 - m["frac_zero_std"]))
+        assert drawn in (4, 8, 12) and (informative >= 4 or drawn == 12)
+        assert m["filter/groups_trained"] == min(4, informative) > 0 and "loss" in m
