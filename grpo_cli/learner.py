@@ -119,7 +119,7 @@ class Learner:
             hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
             # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
             logp, _ = token_logprobs(hidden[:, -t - 1 : -1], lm_head, ids[:, -t:], self.temperature,
-                                     self.cfg.train.logprob_chunk_mib)  # [n, T]
+                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [n, T]
         return logp
 
     @torch.no_grad()

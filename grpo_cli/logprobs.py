@@ -25,10 +25,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
     """(hidden [M, H], weight [V, H], bias [V] | None, targets [M]) -> (logp [M], entropy [M]), fp32."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk, compute_dtype):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk, compute_dtype, with_entropy):
         m = hidden.shape[0]
         logp = torch.empty(m, dtype=torch.float32, device=hidden.device)  # [M]
-        entropy = torch.empty_like(logp)  # [M]
+        entropy = torch.zeros_like(logp)  # [M] stays 0 unless asked for
         lse = torch.empty_like(logp)  # [M] saved for the backward
         w = weight.to(compute_dtype)  # [V, H] cast once, not per chunk
         b = None if bias is None else bias.to(compute_dtype)
@@ -37,10 +37,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
             z = F.linear(hidden[s:e].to(compute_dtype), w, b).float() / temperature  # [c, V] fp32
             lse[s:e] = z.logsumexp(-1)  # [c]
             logp[s:e] = z.gather(-1, targets[s:e, None]).squeeze(-1) - lse[s:e]  # [c]
-            # H = lse - sum_v p_v z_v (the softmax of the same logits)
-            entropy[s:e] = lse[s:e] - (torch.softmax(z, -1) * z).sum(-1)  # [c]
+            if with_entropy:  # H = lse - sum_v p_v z_v (the softmax of the same logits)
+                entropy[s:e] = lse[s:e] - (torch.softmax(z, -1) * z).sum(-1)  # [c]
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
-        ctx.temperature, ctx.chunk, ctx.compute_dtype = temperature, chunk, compute_dtype
+        ctx.temperature, ctx.chunk, ctx.compute_dtype, ctx.with_entropy = temperature, chunk, compute_dtype, with_entropy
         return logp, entropy
 
     @staticmethod
@@ -57,16 +57,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
         for s in range(0, m, chunk):
             e = min(s + chunk, m)
             h = hidden[s:e].to(cd)  # [c, H]
-            z = F.linear(h, w, b).float() / t  # [c, V] recomputed
-            log_p = z - lse[s:e, None]  # [c, V] log-softmax
-            p = log_p.exp()  # [c, V]
-            g = torch.zeros_like(z)  # [c, V] d(output) / d z
-            if grad_logp is not None:  # d logp_target / d z = onehot(target) - p
-                g -= p * grad_logp[s:e, None]
-                g[rows[: e - s], targets[s:e]] += grad_logp[s:e]
-            if grad_entropy is not None:  # d H / d z = -p * (log p + H)
-                g -= p * (log_p + entropy[s:e, None]) * grad_entropy[s:e, None]
-            g = (g / t).to(cd)  # [c, V] through z = logits / T
+            # Recompute the chunk's log-softmax in place: at most two [c, V] buffers at a time.
+            log_p = F.linear(h, w, b).float().div_(t).sub_(lse[s:e, None])  # [c, V]
+            p = log_p.exp()  # [c, V] softmax
+            # d logp_target / d z = onehot(target) - p;  d H / d z = -p * (log p + H)
+            up = torch.zeros_like(lse[s:e]) if grad_logp is None else grad_logp[s:e]  # [c]
+            if grad_entropy is not None and ctx.with_entropy:
+                log_p.add_(entropy[s:e, None]).mul_(grad_entropy[s:e, None]).add_(up[:, None])
+                g = p.mul_(log_p).neg_()  # [c, V] = -p * (up + grad_H * (log p + H))
+            else:
+                g = p.mul_(-up[:, None])  # [c, V]
+            del log_p
+            g[rows[: e - s], targets[s:e]] += up
+            g = g.div_(t).to(cd)  # [c, V] through z = logits / T
             if grad_h is not None:
                 grad_h[s:e] = (g @ w).to(hidden.dtype)  # [c, H]
             if grad_w is not None:
@@ -75,7 +78,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_b += g.float().sum(0)  # [V]
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def token_logprobs(
@@ -84,8 +87,11 @@ def token_logprobs(
     targets: torch.Tensor,  # [...] token ids
     temperature: float = 1.0,
     chunk_mib: int = 256,
+    with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(target) and the entropy of pi at each position, at `temperature`, in fp32: ([...], [...]).
+
+    `with_entropy=False` skips the entropy (returned as zeros, without gradient): one pass less.
 
     Under torch.autocast the lm_head matmul runs in the autocast dtype (as the naive path would);
     the log-softmax, the gather and the entropy are always fp32. Gradients flow to `hidden` and to
@@ -103,7 +109,8 @@ def token_logprobs(
     # The function casts explicitly, so both passes compute alike (the backward runs outside autocast).
     with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
         logp, entropy = _ChunkedLogprobs.apply(
-            hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1), temperature, chunk, compute_dtype
+            hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1), temperature, chunk, compute_dtype,
+            with_entropy,
         )
     return logp.view(shape), entropy.view(shape)
 
