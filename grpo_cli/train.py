@@ -3,8 +3,10 @@ named for what it does.
 
     for each step:
         take B prompts -> sample G completions each (vLLM) -> score them (rewards)
+        -> keep the groups worth training on (filters; may draw more prompts)
         -> group-normalised advantages -> mu passes of clipped-surrogate + KL updates (learner)
-        -> push the new weights into vLLM -> log
+        -> push the new weights into vLLM (and, every K steps, into the reference) -> log
+        -> watch the KL (warn, stop, or adapt beta)
 """
 
 from __future__ import annotations
