@@ -321,6 +321,9 @@ def validate(cfg: DictConfig) -> None:
     _check(a.ref_refresh_every >= 0, "algo.ref_refresh_every", a.ref_refresh_every, "must be >= 0 (0 = frozen reference)")
     if a.ref_refresh_every:
         _check(a.beta > 0, "algo.ref_refresh_every", a.ref_refresh_every, "needs algo.beta > 0 (with beta = 0 there is no reference)")
+    draws = a.batch_filter.get("max_extra_draws")
+    if draws is not None:
+        _check(isinstance(draws, int) and draws >= 0, "algo.batch_filter.max_extra_draws", draws, "must be an integer >= 0")
     _check(0 < a.ref_refresh_alpha <= 1, "algo.ref_refresh_alpha", a.ref_refresh_alpha, "must be in (0, 1]")
     _check(cfg.model.lora.r >= 0, "model.lora.r", cfg.model.lora.r, "must be >= 0 (0 = no adapters)")
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")

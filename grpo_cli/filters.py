@@ -92,8 +92,6 @@ class DynamicSampling:
     times; the first B informative groups are trained on (fewer when the draws run out)."""
 
     def __init__(self, max_extra_draws: int = 3):
-        if max_extra_draws < 0:
-            raise ValueError(f"algo.batch_filter.max_extra_draws={max_extra_draws} is invalid: must be >= 0")
         self.max_extra_draws = max_extra_draws
 
     def __call__(self, draw: Draw) -> tuple[ScoredGroups, ScoredGroups]:

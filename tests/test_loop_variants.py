@@ -146,6 +146,8 @@ def test_kl_watch_is_off_without_a_limit():
     (["algo.ref_refresh_every=10", "algo.beta=0"], "algo.ref_refresh_every=10 is invalid: needs algo.beta > 0"),
     (["algo.ref_refresh_alpha=0"], "algo.ref_refresh_alpha=0.0 is invalid: must be in (0, 1]"),
     (["model.lora.r=-1"], "model.lora.r=-1 is invalid: must be >= 0"),
+    (["filter=dynamic_sampling", "algo.batch_filter.max_extra_draws=-1"],
+     "algo.batch_filter.max_extra_draws=-1 is invalid: must be an integer >= 0"),
 ])
 def test_bad_variant_settings_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -243,3 +245,26 @@ def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
     other.load_state_dict(state)
     assert other.last == 3 and all(torch.equal(v, ref.state_dict()[k]) for k, v in other.ref.state_dict().items())
     assert ReferenceRefresh(every=3, alpha=alpha, ref=ref, policy_weights=None).state_dict() == {"last": 0}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_gradients_reach_the_adapters_only(checkpointing):
+    from omegaconf import OmegaConf
+
+    from grpo_cli.config import LoraSettings
+    from grpo_cli.lora import apply_lora, merged_weights
+
+    model = _tiny_lm(1).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    settings = OmegaConf.merge(OmegaConf.structured(LoraSettings), {"r": 2, "alpha": 4})
+    peft_model = apply_lora(model, settings)
+    model(torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]])).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(".lora_" in n for n in grads)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n)
+    # Before any update B = 0: the merged weights are the base weights, under the base names.
+    base = _tiny_lm(1).state_dict()
+    merged = dict(merged_weights(model))
+    assert merged.keys() == base.keys() and all(torch.equal(merged[k], base[k]) for k in base)
+    assert peft_model.get_base_model() is model  # adapters injected in place: the learner's forward is unchanged
