@@ -318,7 +318,7 @@ def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
     row("learner MFU (vs the dtype's matmul peak)", lambda r, run: 100 * r["learner_mfu"], "{:.1f} %")
     row("log-prob drift max / mean", lambda r, run: f"{r['median']['logprob_drift/max']:.1e} / {r['median']['logprob_drift/mean']:.1e}", "{}")
     row("other jobs' CPU share (> 10 %: skewed)", lambda r, run: 100 * r["others_cpu_share"], "{:.0f} %")
-    Console().print(table)
+    Console(width=130).print(table)
     first = next(iter(runs.values()))
     peak = first["grpo_cli"]["matmul_peak_gflops"]
     print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion mean) "

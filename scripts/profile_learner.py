@@ -6,7 +6,7 @@ Builds the bench model (grpo_cli.tiny, random init) and one rollout batch of the
 (16 prompts "a+b=" x G=8, completion lengths drawn like the bench's, mean ~42 of <= 64 tokens,
 random tokens), runs one warm-up `Learner.train_step`, then profiles `--steps` more. Prints the
 wall time per step and the top ops by self CPU time. Extra arguments are grpo-train overrides
-(e.g. train.autocast_dtype=bfloat16) applied to the learner's config.
+(e.g. train.autocast_dtype=bfloat16 train.pack_sequences=false train.compile=true) applied to the learner's config.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=25, help="ops in the table")
     p.add_argument("--trace", type=Path, help="also write a Chrome trace here")
-    p.add_argument("--compile-hack", action="store_true", help="experiment: torch.compile the models' forward")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
 
@@ -59,9 +58,6 @@ def main() -> None:
     batch = RolloutBatch.build(prompts, comps, logps, adv, pad_id=0)
     print(f"batch: {n} completions, mean length {lengths.float().mean():.1f}, max {int(lengths.max())}")
 
-    if a.compile_hack:
-        for m in (learner.policy, learner.ref):
-            m.forward = torch.compile(m.forward, dynamic=True)
     t0 = time.perf_counter()
     learner.train_step(batch)  # warm-up
     print(f"warm-up step: {time.perf_counter() - t0:.1f} s")
