@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
-from grpo_cli.loss import GRPOLoss, LossStats
+from grpo_cli.loss import GRPOLoss, LossInputs, LossStats, entropy_from_logits
 from grpo_cli.models import DTYPES, load_causal_lm
 
 
@@ -28,9 +28,11 @@ class RolloutBatch:
     completion_mask: torch.Tensor  # [N, T] 1.0 on completion tokens
     advantages: torch.Tensor  # [N]
     sampler_logp: torch.Tensor  # [N, T] the sampler's log-probs of the sampled tokens
+    truncated: torch.Tensor  # [N] bool: the completion hit max_tokens (finish reason "length")
 
     @classmethod
-    def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int) -> RolloutBatch:
+    def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int,
+              finish_reasons: list[str] | None = None) -> RolloutBatch:
         n = len(completion_ids)
         p = max(len(x) for x in prompt_ids)
         t = max(len(x) for x in completion_ids)
@@ -41,7 +43,8 @@ class RolloutBatch:
             ids[i, p - len(pr) : p + len(co)] = torch.tensor(list(pr) + list(co))
             attn[i, p - len(pr) : p + len(co)] = 1
             logp[i, : len(lp)] = torch.tensor(lp)
-        return cls(ids, attn, attn[:, p:].float(), advantages.float(), logp)
+        truncated = torch.tensor([r == "length" for r in finish_reasons or ["stop"] * n], dtype=torch.bool)
+        return cls(ids, attn, attn[:, p:].float(), advantages.float(), logp, truncated)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -55,7 +58,7 @@ class RolloutBatch:
         cols = slice(first, attn.shape[1] - t_full + t)
         return RolloutBatch(
             self.input_ids[idx, cols], attn[:, cols], self.completion_mask[idx, :t],
-            self.advantages[idx], self.sampler_logp[idx, :t],
+            self.advantages[idx], self.sampler_logp[idx, :t], self.truncated[idx],
         )
 
 
@@ -71,7 +74,7 @@ class Learner:
             cfg.optim.scheduler, self.optimizer, num_warmup_steps=cfg.optim.warmup_steps,
             num_training_steps=max(total_optim_steps, 1),
         )
-        self.loss_fn = GRPOLoss(cfg.algo.epsilon, cfg.algo.epsilon_high, cfg.algo.beta)
+        self.loss_fn = GRPOLoss.from_config(cfg.algo)
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order; saved on resume
@@ -81,8 +84,12 @@ class Learner:
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
         )
 
-    def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch) -> torch.Tensor:
-        """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T]."""
+    def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch, entropy: bool = False):
+        """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T].
+
+        With `entropy`, also the entropy of pi at each of those positions: ([n, T], [n, T]); it
+        carries a gradient only when the loss has an entropy bonus.
+        """
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
         # Positions count real tokens only, so left padding does not shift RoPE.
@@ -92,7 +99,11 @@ class Learner:
         logits = out.logits[:, :-1].float() / self.temperature  # [n, T, V], fp32 from here on
         targets = ids[:, -t:]  # [n, T]
         # gather - logsumexp == log_softmax at the target, without a second [n, T, V] tensor.
-        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n, T]
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n, T]
+        if not entropy:
+            return logp
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.loss_fn.needs_entropy_grad):
+            return logp, entropy_from_logits(logits)  # [n, T], [n, T]
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -106,7 +117,7 @@ class Learner:
         """mu passes over the batch in shuffled micro-batches, one optimiser step per optimiser batch."""
         n, mu = len(batch), self.cfg.algo.num_iterations
         opt_bs = min(self.cfg.train.optim_batch_size or n, n)
-        mask = batch.completion_mask  # [N, T]
+        mask = self.loss_fn.loss_mask(batch.completion_mask, batch.truncated)  # [N, T] tokens in the loss
         ref_logp = self._frozen_logprobs(self.ref, batch) if self.ref is not None else None
         # pi_old is the policy that sampled; once an optimiser step has run within this batch the
         # current policy differs from it, so it needs its own no-grad forward.
@@ -118,10 +129,11 @@ class Learner:
                 for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size):
                     idx, mb = chunk[pos], batch.select(chunk[pos])
                     t = mb.completion_mask.shape[1]
-                    logp = self.completion_logprobs(self.policy, mb)  # [n, T]
+                    logp, entropy = self.completion_logprobs(self.policy, mb, entropy=True)  # [n, T] each
                     old = old_logp[idx, :t] if old_logp is not None else logp.detach()
                     ref = ref_logp[idx, :t] if ref_logp is not None else None
-                    loss, s = self.loss_fn(logp, old, ref, mb.advantages, mb.completion_mask, weights[pos, :t])
+                    inputs = LossInputs(logp, old, mb.sampler_logp, ref, mb.advantages, mask[idx, :t], entropy)
+                    loss, s = self.loss_fn(inputs, weights[pos, :t])
                     loss.backward()
                     loss_sum += loss.item()
                     stats.add(s)
@@ -134,7 +146,7 @@ class Learner:
             "loss": loss_sum / len(grad_norms),  # mean over optimiser steps of each batch's loss
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "lr": self.scheduler.get_last_lr()[0],
-            "logprob_drift/mean": drift_sum / max(mask.sum().item(), 1.0),
+            "logprob_drift/mean": drift_sum / max(batch.completion_mask.sum().item(), 1.0),
             "logprob_drift/max": drift_max,
         }
         return metrics

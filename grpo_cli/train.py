@@ -90,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
         # 4. The GRPO update: mu passes of shuffled micro-batches.
         rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
-                                           advantages, tokenizer.pad_token_id)
+                                           advantages, tokenizer.pad_token_id, rollouts.finish_reasons)
         learner_metrics = learner.train_step(rollout_batch)
         t_learn = time.perf_counter()
 
