@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_cli.loss import LossInputs, LossStats
+from grpo_cli.loss import LossInputs, LossStats, masked_max
 
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -47,10 +47,7 @@ class TokenKL:
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, LossStats]:
         per_token = self.per_token(x)  # [n, T]
         k = self.estimator(x.logp.detach(), x.ref_logp) * x.mask  # [n, T] per-token KL, for the KL watch
-        m = x.mask.bool()
-        return per_token, LossStats(
-            tokens=x.mask.sum(), sums={"kl/mean": k.sum()}, maxes={"kl/max": k.masked_fill(~m, -torch.inf).max()}
-        )
+        return per_token, LossStats(tokens=x.mask.sum(), sums={"kl/mean": k.sum()}, maxes={"kl/max": masked_max(k, x.mask)})
 
 
 class ResponseKL(TokenKL):

@@ -39,8 +39,11 @@ class LossInputs:
 
 @dataclass
 class LossStats:
-    """Token-summed metrics (0-dim tensors) of one micro-batch, so that micro-batches add up
-    exactly; nothing is copied to the host until `means`."""
+    """Token-summed metrics of micro-batches, as 0-dim tensors on the learner's device.
+
+    Sums (not means) so that micro-batches add up exactly; tensors (not floats) so that nothing
+    waits for the device until the step's metrics are copied to the host, once.
+    """
 
     tokens: torch.Tensor | float = 0.0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -49,33 +52,26 @@ class LossStats:
     def add(self, other: LossStats) -> None:
         """Another micro-batch: token counts and sums add, maxes take the max."""
         self.tokens = self.tokens + other.tokens
-        self._merge(other)
+        self.update(other)
 
     def update(self, other: LossStats) -> None:
-        """Another term's stats over the same tokens."""
-        self._merge(other)
-
-    def _merge(self, other: LossStats) -> None:
+        """Another loss term's stats over the same tokens (its token count is not added again)."""
         for k, v in other.sums.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         for k, v in other.maxes.items():
             self.maxes[k] = torch.maximum(self.maxes[k], v) if k in self.maxes else v
 
-    def means(self) -> dict[str, float]:
-        """Sums / tokens and maxes, copied to the host in one transfer."""
-        keys = list(self.sums) + list(self.maxes)
-        if not keys:
-            return {}
-        tokens = torch.as_tensor(self.tokens, dtype=torch.float32).clamp_min(1.0)
-        values = [torch.as_tensor(v, dtype=torch.float32) / tokens for v in self.sums.values()]
-        values += [torch.as_tensor(v, dtype=torch.float32) for v in self.maxes.values()]
-        return dict(zip(keys, torch.stack([v.to(tokens.device) for v in values]).tolist()))
+    def means(self) -> dict[str, torch.Tensor]:
+        tokens = torch.as_tensor(self.tokens).clamp_min(1.0)
+        return {k: v / tokens for k, v in self.sums.items()} | self.maxes
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy -sum_v p log p of softmax(logits) over the last dim: [..., V] -> [...]."""
-    logp = logits.log_softmax(-1)  # [..., V]
-    return -(logp.exp() * logp).sum(-1)  # [...]
+def masked_max(x: torch.Tensor, mask: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
+    """Max of x [n, T] over mask [n, T] as a 0-dim tensor (`empty` when the mask is empty), without
+    boolean indexing, which would wait for the device."""
+    m = mask.bool()
+    top = torch.where(m, x, -torch.inf).amax()
+    return torch.where(m.any(), top, torch.full_like(top, empty))
 
 
 class GRPOLoss:

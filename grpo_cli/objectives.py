@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_cli.loss import LossInputs, LossStats
+from grpo_cli.loss import LossInputs, LossStats, masked_max
 
 
 class ClippedSurrogate:
@@ -48,7 +48,7 @@ class ClippedSurrogate:
             "clip_frac": ((low | high) & m).sum(),
             "ratio/mean": (ratio * mask).sum(),
         }
-        maxes = {"ratio/max": ratio.masked_fill(~m, -torch.inf).max() if m.any() else torch.ones(())}
+        maxes = {"ratio/max": masked_max(ratio, mask, empty=1.0)}
         return LossStats(tokens=mask.sum(), sums=sums, maxes=maxes)
 
 

@@ -77,6 +77,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         # 1. B prompts, G completions each, from the current policy.
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         t_sample = time.perf_counter()
 
         # 2. Score every completion; each reward is kept for logging.
@@ -91,7 +92,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         # 4. The GRPO update: mu passes of shuffled micro-batches.
         rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
                                            advantages, tokenizer.pad_token_id, rollouts.finish_reasons)
-        learner_metrics = learner.train_step(rollout_batch)
+        learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
+        learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         t_learn = time.perf_counter()
 
         # 5. The next rollouts come from the updated policy.

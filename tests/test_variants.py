@@ -18,7 +18,8 @@ from grpo_cli.config import ConfigError, validate
 from grpo_cli.correction import MaskedIS, NoCorrection, TruncatedIS
 from grpo_cli.kl import ResponseKL, TokenKL, kl_k1, kl_k2, kl_k3
 from grpo_cli.learner import RolloutBatch
-from grpo_cli.loss import GRPOLoss, LossInputs, LossStats, entropy_from_logits
+from grpo_cli.logprobs import token_logprobs
+from grpo_cli.loss import GRPOLoss, LossInputs, LossStats
 from grpo_cli.objectives import GSPO, ClippedSurrogate, DualClip
 from tests.conftest import compose
 
@@ -252,16 +253,23 @@ def test_is_classes_reject_bad_arguments():
 # --- entropy -----------------------------------------------------------------------------------
 
 
-def test_entropy_from_logits_matches_hand_values():
-    logits = t([[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, -1e9, -1e9]])
-    h = entropy_from_logits(logits)
+def identity_head(v: int) -> torch.nn.Linear:
+    """lm_head whose logits are the hidden states themselves."""
+    head = torch.nn.Linear(v, v, bias=False, dtype=f64)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(v, dtype=f64))
+    return head
+
+
+def test_chunked_entropy_matches_hand_values():
+    logits = t([[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, -1e9, -1e9]])  # [T=2, V=4]
+    _, h = token_logprobs(logits, identity_head(4), torch.tensor([0, 1]), chunk_mib=0)  # one token per chunk
     assert h.tolist() == pytest.approx([math.log(4), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])
 
 
 def test_entropy_is_logged_and_the_bonus_pushes_towards_uniform():
     logits = t([[[2.0, 0.0, -1.0]]]).requires_grad_()  # [n=1, T=1, V=3]
-    logp = logits.log_softmax(-1)[..., 0]  # the sampled token is token 0
-    entropy = entropy_from_logits(logits)  # [1, 1]
+    logp, entropy = token_logprobs(logits, identity_head(3), torch.tensor([[0]]))  # [1, 1] each
     x = inputs(logp, adv=t([0.0]), entropy=entropy)
     loss0, stats = loss_of({}, x, entropy_coef=0.0)
     assert stats.sums["entropy/mean"].item() == pytest.approx(entropy.item())
@@ -303,10 +311,11 @@ def test_build_without_finish_reasons_marks_nothing_truncated():
 # --- stats and config --------------------------------------------------------------------------
 
 
-def test_loss_stats_add_over_micro_batches_and_copy_once():
+def test_loss_stats_sum_over_micro_batches_and_terms():
     a = LossStats(tokens=torch.tensor(2.0), sums={"x": torch.tensor(3.0)}, maxes={"m": torch.tensor(1.0)})
+    a.update(LossStats(sums={"y": torch.tensor(1.0)}))  # another term, same tokens
     a.add(LossStats(tokens=torch.tensor(4.0), sums={"x": torch.tensor(3.0)}, maxes={"m": torch.tensor(5.0)}))
-    assert a.means() == {"x": 1.0, "m": 5.0}
+    assert {k: v.item() for k, v in a.means().items()} == pytest.approx({"x": 1.0, "y": 1 / 6, "m": 5.0})
 
 
 @pytest.mark.parametrize("override,message", [
