@@ -144,7 +144,7 @@ class AlgoConfig:
     group_size: int = 8
     """G: completions sampled per prompt; advantages are normalised within each group."""
     beta: float = 0.04
-    """Weight of the per-token k3 KL penalty to the frozen reference; 0 loads no reference model."""
+    """Weight of the KL penalty to the frozen reference (its form: `kl`); 0 loads no reference model."""
     epsilon: float = 0.2
     """Lower clip: the ratio is clipped below at 1 - epsilon."""
     epsilon_high: float | None = None

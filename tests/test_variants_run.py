@@ -98,3 +98,22 @@ def test_finish_reasons_reach_the_learner(tiny_overrides, tmp_path, monkeypatch)
     assert 0 < m["truncated_frac"] < 1, m  # both kinds, so the check below can fail
     (truncated,) = seen
     assert truncated.float().mean().item() == pytest.approx(m["truncated_frac"])
+
+
+@pytest.mark.engine
+def test_every_other_loss_part_runs_through_the_engine_together(tiny_overrides, tmp_path):
+    """Dual-clip + response-level k1 KL (so a reference) + token TIS + entropy bonus + truncation mask."""
+    cfg = compose(tiny_overrides + [
+        "algo.objective._target_=grpo_cli.objectives.DualClip", "algo.kl._target_=grpo_cli.kl.ResponseKL",
+        "algo.kl.estimator=k1", "algo.beta=0.04", "algo.is_correction._target_=grpo_cli.correction.TruncatedIS",
+        "algo.entropy_coef=0.01", "algo.mask_truncated=true", "sampler.max_tokens=4",
+        "+reward.funcs.digits.fn=tests.test_variants_run.digits", "checkpoint.final=false",
+    ])
+    run(cfg, run_dir=tmp_path)
+    steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        for key in ("kl/mean", "is/capped_frac", "is/ratio/mean", "clip_frac/dual", "entropy/mean"):
+            assert key in m and m[key] == m[key], key  # present and not NaN
+        assert m["is/capped_frac"] == 0.0  # fp32 sampler and learner agree far inside C = 3
