@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
+from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
 from grpo_cli.loss import GRPOLoss, LossInputs, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
@@ -104,6 +105,7 @@ class Learner:
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)  # NaN/Inf gradients skip the update
         dtype = cfg.train.autocast_dtype
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
@@ -181,7 +183,8 @@ class Learner:
     def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
-        self.optimizer.step()
+        if self.bad_steps.check(norm):  # reads the value: the one host sync of an optimiser step
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
@@ -195,3 +198,14 @@ class Learner:
         """The policy's parameters by name, for the sampler."""
         for name, tensor in self.policy.state_dict().items():
             yield name, tensor.detach()
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.bad_steps.load_state_dict(state["bad_steps"])
