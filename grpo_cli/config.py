@@ -166,7 +166,7 @@ class AlgoConfig:
     group_size: int = 8
     """G: completions sampled per prompt; advantages are normalised within each group."""
     beta: float = 0.04
-    """Weight of the per-token k3 KL penalty to the frozen reference; 0 loads no reference model."""
+    """Weight of the KL penalty to the frozen reference (its form: `kl`); 0 loads no reference model."""
     epsilon: float = 0.2
     """Lower clip: the ratio is clipped below at 1 - epsilon."""
     epsilon_high: float | None = None
@@ -181,6 +181,22 @@ class AlgoConfig:
         default_factory=lambda: {"_target_": "grpo_cli.aggregation.SequenceMean"}
     )
     """How per-token losses become one number: a `_target_` from grpo_cli.aggregation (or your own)."""
+    objective: dict[str, Any] = field(default_factory=lambda: {
+        "_target_": "grpo_cli.objectives.ClippedSurrogate",
+        "epsilon": "${algo.epsilon}", "epsilon_high": "${algo.epsilon_high}",
+    })
+    """The policy term per token: a `_target_` from grpo_cli.objectives: ClippedSurrogate (GRPO),
+    DualClip (+ `clip_c`, loss capped at -c*A for A < 0) or GSPO (one clipped ratio per sequence)."""
+    kl: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.kl.TokenKL", "estimator": "k3"})
+    """The KL penalty's form: grpo_cli.kl.TokenKL (per token) or ResponseKL (the completion's sum,
+    charged to each of its tokens), with `estimator` k1, k2 or k3. Its weight is `beta`."""
+    is_correction: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.correction.NoCorrection"})
+    """Importance weights pi_old / pi_sampler on the policy term for the sampler/learner mismatch:
+    grpo_cli.correction.NoCorrection, TruncatedIS or MaskedIS (`level` token|sequence, `clip_max`, `clip_min`)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: subtract entropy_coef * (policy entropy per token) from the loss; the entropy is logged either way."""
+    mask_truncated: bool = False
+    """Leave completions that hit `sampler.max_tokens` (finish reason `length`) out of the loss (DAPO's overlong filtering)."""
     batch_filter: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.filters.KeepAll"})
     """Which scored groups are trained on: a `_target_` from grpo_cli.filters (KeepAll, SkipZeroStd, DynamicSampling)."""
     kl_limit: float | None = None
@@ -325,6 +341,18 @@ def _check_source(key: str, value: str | None) -> None:
     _check(bool(_HUB_ID.match(value)), key, value, "no such file or directory (and not a hub id)")
 
 
+def _check_component(key: str, node: Any) -> None:
+    """A `_target_` node must instantiate; its own error (unknown class, bad argument) is the message."""
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(node)
+    except Exception as err:
+        cause = err.__cause__ or err  # Hydra wraps the class's own error
+        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{key}={OmegaConf.to_container(node, resolve=True)} is invalid: {msg}") from None
+
+
 def _check_target(key: str, node: Any) -> None:
     """A `_target_` must import: say so now, not as an instantiate traceback after the engine started."""
     from hydra.utils import get_object
@@ -353,6 +381,8 @@ def validate(cfg: DictConfig) -> None:
         _check(a.epsilon_high >= a.epsilon, "algo.epsilon_high", a.epsilon_high, f"must be >= algo.epsilon ({a.epsilon})")
     _check(a.num_iterations >= 1, "algo.num_iterations", a.num_iterations, "must be >= 1")
     _check(a.adv_eps >= 0, "algo.adv_eps", a.adv_eps, "must be >= 0")
+    for key in ("objective", "kl", "is_correction"):
+        _check_component(f"algo.{key}", a[key])
     _check(a.kl_action in ("warn", "stop", "adapt"), "algo.kl_action", a.kl_action, "must be one of warn, stop, adapt")
     if a.kl_limit is not None:
         _check(a.kl_limit > 0, "algo.kl_limit", a.kl_limit, "must be > 0 or null")

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
-from grpo_cli.loss import GRPOLoss, LossStats
+from grpo_cli.loss import GRPOLoss, LossInputs, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
 from grpo_cli.packing import pack_ids, plan, unpack
 
@@ -40,9 +40,11 @@ class RolloutBatch:
     sampler_logp: torch.Tensor  # [N, T] the sampler's log-probs of the sampled tokens
     prompt_lens: torch.Tensor  # [N] on the host
     completion_lens: torch.Tensor  # [N] on the host
+    truncated: torch.Tensor  # [N] bool: the completion hit max_tokens (finish reason "length")
 
     @classmethod
-    def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int) -> RolloutBatch:
+    def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int,
+              finish_reasons: list[str] | None = None) -> RolloutBatch:
         n = len(completion_ids)
         p = max(len(x) for x in prompt_ids)
         t = max(len(x) for x in completion_ids)
@@ -54,7 +56,8 @@ class RolloutBatch:
             attn[i, p - len(pr) : p + len(co)] = 1
             logp[i, : len(lp)] = torch.tensor(lp)
         lens = (torch.tensor([len(x) for x in prompt_ids]), torch.tensor([len(x) for x in completion_ids]))
-        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens)
+        truncated = torch.tensor([r == "length" for r in finish_reasons or ["stop"] * n], dtype=torch.bool)
+        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens, truncated)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -77,6 +80,7 @@ class RolloutBatch:
         return RolloutBatch(
             self.input_ids[rows, cols], self.attention_mask[rows, cols], self.completion_mask[rows, :t],
             self.advantages[rows], self.sampler_logp[rows, :t], self.prompt_lens[idx], self.completion_lens[idx],
+            self.truncated[rows],
         )
 
 
@@ -101,7 +105,7 @@ class Learner:
             cfg.optim.scheduler, self.optimizer, num_warmup_steps=cfg.optim.warmup_steps,
             num_training_steps=max(total_optim_steps, 1),
         )
-        self.loss_fn = GRPOLoss(cfg.algo.epsilon, cfg.algo.epsilon_high, cfg.algo.beta)
+        self.loss_fn = GRPOLoss.from_config(cfg.algo)
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
@@ -118,8 +122,12 @@ class Learner:
                 self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
         self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
 
-    def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch) -> torch.Tensor:
-        """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T]."""
+    def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch, entropy: bool = False):
+        """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T].
+
+        With `entropy`, also the entropy of pi at each of those positions, from the same chunks:
+        ([n, T], [n, T]); it carries a gradient only when the loss has an entropy bonus.
+        """
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
         backbone, lm_head = split_lm(model)
@@ -142,11 +150,15 @@ class Learner:
                                   use_cache=False).last_hidden_state[:, -t - 1 : -1]  # [n, T, H]
                 targets = ids[:, -t:]  # [n, T]
             # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
-            logp, _ = token_logprobs(hidden, lm_head, targets, self.temperature,
-                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [M] or [n, T]
+            logp, ent = token_logprobs(hidden, lm_head, targets, self.temperature,
+                                       self.cfg.train.logprob_chunk_mib, with_entropy=entropy)  # [M] or [n, T] each
         if model is self.policy and torch.is_grad_enabled():
             self.tokens += torch.tensor(slots)
-        return unpack(logp, pk, len(mb), t) if self.cfg.train.pack_sequences else logp  # [n, T]
+        if self.cfg.train.pack_sequences:
+            logp, ent = unpack(logp, pk, len(mb), t), unpack(ent, pk, len(mb), t)  # [n, T] each
+        if not entropy:
+            return logp
+        return logp, ent if self.loss_fn.needs_entropy_grad else ent.detach()  # no bonus: no entropy backward
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -165,7 +177,7 @@ class Learner:
         self.tokens.zero_()
         n, mu = len(batch), self.cfg.algo.num_iterations
         opt_bs = min(self.cfg.train.optim_batch_size or n, n)
-        mask = batch.completion_mask  # [N, T]
+        mask = self.loss_fn.loss_mask(batch.completion_mask, batch.truncated)  # [N, T] tokens in the loss
         ref_logp = self._frozen_logprobs(self.ref, batch) if self.ref is not None else None
         # pi_old is the policy that sampled; once an optimiser step has run within this batch the
         # current policy differs from it, so it needs its own no-grad forward.
@@ -178,11 +190,11 @@ class Learner:
                 for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size):
                     idx, mb = chunk[pos].to(self.device), batch.select(chunk[pos])
                     t = mb.completion_mask.shape[1]
-                    logp = self.completion_logprobs(self.policy, mb)  # [n, T]
+                    logp, entropy = self.completion_logprobs(self.policy, mb, entropy=True)  # [n, T] each
                     old = old_logp[idx, :t] if old_logp is not None else logp.detach()
                     ref = ref_logp[idx, :t] if ref_logp is not None else None
-                    loss, s = self.loss_fn(logp, old, ref, mb.advantages, mb.completion_mask,
-                                           weights[pos.to(self.device), :t])
+                    inputs = LossInputs(logp, old, mb.sampler_logp, ref, mb.advantages, mask[idx, :t], entropy)
+                    loss, s = self.loss_fn(inputs, weights[pos.to(self.device), :t])
                     loss.backward()
                     loss_sum = loss_sum + loss.detach()
                     stats.add(s)
@@ -194,7 +206,7 @@ class Learner:
             "loss": loss_sum / len(grad_norms),  # mean over optimiser steps of each batch's loss
             "grad_norm": torch.stack(grad_norms).mean(),
             "lr": self.scheduler.get_last_lr()[0],  # a host float already
-            "logprob_drift/mean": drift_sum / mask.sum().clamp_min(1.0),
+            "logprob_drift/mean": drift_sum / batch.completion_mask.sum().clamp_min(1.0),
             "logprob_drift/max": drift_max,
             # Share of the policy forward's token slots that were padding (packing keeps it small).
             "learner/pad_frac": 1.0 - float(self.tokens[0] / self.tokens[1].clamp_min(1.0)),

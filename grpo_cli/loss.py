@@ -1,19 +1,40 @@
-"""The GRPO objective per token: clipped surrogate plus beta * k3 KL to the reference."""
+"""The GRPO loss per token, composed of parts that `algo` selects by `_target_`:
+
+    loss_t = objective_t * w_t + beta * kl_t - entropy_coef * entropy_t
+
+- objective (grpo_cli/objectives.py): the policy term; PPO's clipped surrogate (GRPO, DAPO),
+  dual-clip, or GSPO's sequence-level ratio.
+- w (grpo_cli/correction.py): importance weights pi_old / pi_sampler for the train/inference
+  mismatch (none, truncated, masked; per token or per sequence); no gradient.
+- kl (grpo_cli/kl.py): the penalty to the frozen reference, k1/k2/k3, per token or per response.
+- entropy: the policy's entropy at each completion token (always logged; a bonus when
+  `algo.entropy_coef` > 0).
+Tokens outside the loss mask (padding, and truncated completions with `algo.mask_truncated`)
+weigh 0. The aggregation (grpo_cli/aggregation.py) turns the per-token loss into one number.
+A new variant is a small class in one of those modules plus a YAML, never a branch here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+Term = Callable[["LossInputs"], "tuple[torch.Tensor, LossStats]"]
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp.
 
-    Unbiased, always >= 0, and 0 exactly where the two log-probs agree.
-    """
-    d = ref_logp - logp  # [N, T]
-    return torch.exp(d) - d - 1  # [N, T]
+@dataclass
+class LossInputs:
+    """Everything a loss term may read, for one micro-batch of n completions, T columns."""
+
+    logp: torch.Tensor  # [n, T] fp32, current policy, with grad
+    old_logp: torch.Tensor  # [n, T] pi_old: the learner's log-probs under the sampling weights, no grad
+    sampler_logp: torch.Tensor  # [n, T] the sampler's log-probs of the same tokens
+    ref_logp: torch.Tensor | None  # [n, T] frozen reference, or None when beta == 0
+    advantages: torch.Tensor  # [n]
+    mask: torch.Tensor  # [n, T] 1.0 on tokens in the loss
+    entropy: torch.Tensor | None = None  # [n, T] policy entropy per token (with grad for a bonus)
 
 
 @dataclass
@@ -29,7 +50,12 @@ class LossStats:
     maxes: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, other: LossStats) -> None:
+        """Another micro-batch: token counts and sums add, maxes take the max."""
         self.tokens = self.tokens + other.tokens
+        self.update(other)
+
+    def update(self, other: LossStats) -> None:
+        """Another loss term's stats over the same tokens (its token count is not added again)."""
         for k, v in other.sums.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         for k, v in other.maxes.items():
@@ -40,52 +66,57 @@ class LossStats:
         return {k: v / tokens for k, v in self.sums.items()} | self.maxes
 
 
+def masked_max(x: torch.Tensor, mask: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
+    """Max of x [n, T] over mask [n, T] as a 0-dim tensor (`empty` when the mask is empty), without
+    boolean indexing, which would wait for the device."""
+    m = mask.bool()
+    top = torch.where(m, x, -torch.inf).amax()
+    return torch.where(m.any(), top, torch.full_like(top, empty))
+
+
 class GRPOLoss:
-    """-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3, per token."""
+    """objective * w + beta * kl - entropy_coef * entropy per token, weighted and summed."""
 
-    def __init__(self, epsilon: float, epsilon_high: float | None, beta: float):
-        self.eps_low = epsilon
-        self.eps_high = epsilon if epsilon_high is None else epsilon_high
-        self.beta = beta
+    def __init__(
+        self, objective: Term, kl: Term, is_correction: Term, beta: float,
+        entropy_coef: float = 0.0, mask_truncated: bool = False,
+    ):
+        self.objective, self.kl, self.is_correction = objective, kl, is_correction
+        self.beta = beta  # a controller (adaptive KL) may change it between steps
+        self.entropy_coef = entropy_coef
+        self.mask_truncated = mask_truncated
 
-    def __call__(
-        self,
-        logp: torch.Tensor,  # [N, T] fp32, current policy, with grad
-        old_logp: torch.Tensor,  # [N, T] pi_old (the sampling policy), no grad
-        ref_logp: torch.Tensor | None,  # [N, T] frozen reference, or None when beta == 0
-        advantages: torch.Tensor,  # [N]
-        mask: torch.Tensor,  # [N, T] 1.0 on completion tokens
-        weights: torch.Tensor,  # [N, T] from an Aggregation
-    ) -> tuple[torch.Tensor, LossStats]:
-        ratio = torch.exp(logp - old_logp)  # [N, T]
-        adv = advantages.unsqueeze(-1)  # [N, 1]
-        clipped = ratio.clamp(1 - self.eps_low, 1 + self.eps_high)  # [N, T]
-        per_token = -torch.minimum(ratio * adv, clipped * adv)  # [N, T]
-        kl = None
-        if self.beta > 0:
-            kl = kl_k3(logp, ref_logp)  # [N, T]
+    @classmethod
+    def from_config(cls, algo) -> GRPOLoss:
+        from hydra.utils import instantiate
+
+        return cls(instantiate(algo.objective), instantiate(algo.kl), instantiate(algo.is_correction),
+                   algo.beta, algo.entropy_coef, algo.mask_truncated)
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return self.entropy_coef != 0
+
+    def loss_mask(self, completion_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """Tokens in the loss: completion tokens, less those of truncated completions when masked.
+
+        completion_mask [N, T], truncated [N] bool (the completion hit max_tokens) -> [N, T].
+        """
+        keep = ~truncated if self.mask_truncated else torch.ones_like(truncated)  # [N]
+        return completion_mask * keep.unsqueeze(-1).to(completion_mask.dtype)  # [N, T]
+
+    def __call__(self, x: LossInputs, weights: torch.Tensor) -> tuple[torch.Tensor, LossStats]:
+        """`weights` [n, T] from an Aggregation; returns the weighted sum and the stats."""
+        policy, stats = self.objective(x)  # [n, T]
+        w, w_stats = self.is_correction(x)  # [n, T], no grad
+        stats.update(w_stats)
+        per_token = policy * w  # [n, T]
+        if x.ref_logp is not None:  # beta > 0 (the reference is loaded only then)
+            kl, kl_stats = self.kl(x)  # [n, T]
             per_token = per_token + self.beta * kl
+            stats.update(kl_stats)
+        if x.entropy is not None:
+            per_token = per_token - self.entropy_coef * x.entropy
+            stats.update(LossStats(sums={"entropy/mean": (x.entropy.detach() * x.mask).sum()}))
         loss = (per_token * weights).sum()
-        return loss, self._stats(ratio.detach(), adv, kl, mask)
-
-    def _stats(self, ratio, adv, kl, mask) -> LossStats:
-        # Clipped tokens are those whose gradient the clip removes: below the band with A < 0,
-        # above it with A > 0.
-        low = (ratio < 1 - self.eps_low) & (adv < 0)  # [N, T]
-        high = (ratio > 1 + self.eps_high) & (adv > 0)  # [N, T]
-        m = mask.bool()
-        sums = {
-            "clip_frac/low": (low & m).sum(),
-            "clip_frac/high": (high & m).sum(),
-            "clip_frac": ((low | high) & m).sum(),
-            "ratio/mean": (ratio * mask).sum(),
-        }
-        # Masked maxes without boolean indexing (which waits for the device); ratios are > 0 and
-        # KL >= 0, so 0 fills the masked slots; no token at all gives ratio 1.
-        ratio_max = torch.where(m, ratio, 0.0).amax()
-        maxes = {"ratio/max": torch.where(m.any(), ratio_max, torch.ones_like(ratio_max))}
-        if kl is not None:
-            kl = kl.detach()
-            sums["kl/mean"] = (kl * mask).sum()
-            maxes["kl/max"] = torch.where(m, kl, 0.0).amax()
-        return LossStats(tokens=mask.sum(), sums=sums, maxes=maxes)
+        return loss, stats

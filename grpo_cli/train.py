@@ -153,7 +153,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         learner_metrics = {}
         if len(groups):
             rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
-                                               advantages, tokenizer.pad_token_id)
+                                               advantages, tokenizer.pad_token_id, rollouts.finish_reasons)
             learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
         learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         run_state.pause_for_test("learner", step)

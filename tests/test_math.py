@@ -7,7 +7,22 @@ import torch
 
 from grpo_cli.advantages import group_advantages
 from grpo_cli.aggregation import ConstantNormalizer, SequenceMean, TokenMean
-from grpo_cli.loss import GRPOLoss, kl_k3
+from grpo_cli.correction import NoCorrection
+from grpo_cli.kl import TokenKL, kl_k3
+from grpo_cli.loss import GRPOLoss, LossInputs
+from grpo_cli.objectives import ClippedSurrogate
+
+
+class DefaultLoss:
+    """GRPO's default composition (clipped surrogate, token k3 KL, no IS correction), called
+    with plain tensors."""
+
+    def __init__(self, epsilon, epsilon_high, beta):
+        self.loss = GRPOLoss(ClippedSurrogate(epsilon, epsilon_high), TokenKL("k3"), NoCorrection(), beta)
+
+    def __call__(self, logp, old, ref, adv, mask, weights):
+        return self.loss(LossInputs(logp, old, old, ref, adv, mask), weights)
+
 
 # --- advantages: the seeds' toy examples -------------------------------------------------------
 
@@ -106,7 +121,7 @@ def random_batch(seed, n=6, t=9):
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_vectorised_loss_and_gradient_match_slow_reference(agg, seed, beta):
     logp, old, ref, adv, mask = random_batch(seed)
-    loss_fn = GRPOLoss(epsilon=0.2, epsilon_high=0.28, beta=beta)
+    loss_fn = DefaultLoss(epsilon=0.2, epsilon_high=0.28, beta=beta)
     loss, _ = loss_fn(logp, old, ref, adv, mask, agg.weights(mask))
     (grad,) = torch.autograd.grad(loss, logp)
     expected = slow_reference(logp, old, ref, adv, mask, agg, 0.2, 0.28, beta)
@@ -118,7 +133,7 @@ def test_vectorised_loss_and_gradient_match_slow_reference(agg, seed, beta):
 @pytest.mark.parametrize("agg", AGGREGATIONS, ids=lambda a: type(a).__name__)
 def test_micro_batches_add_up_to_the_full_batch(agg):
     logp, old, ref, adv, mask = random_batch(3, n=8)
-    loss_fn = GRPOLoss(epsilon=0.2, epsilon_high=None, beta=0.04)
+    loss_fn = DefaultLoss(epsilon=0.2, epsilon_high=None, beta=0.04)
     w = agg.weights(mask)
     full, _ = loss_fn(logp, old, ref, adv, mask, w)
     parts = sum(loss_fn(logp[s], old[s], ref[s], adv[s], mask[s], w[s])[0] for s in (slice(0, 3), slice(3, 8)))
@@ -128,7 +143,7 @@ def test_micro_batches_add_up_to_the_full_batch(agg):
 def test_at_ratio_one_gradient_is_the_plain_policy_gradient():
     logp, _, _, adv, mask = random_batch(4)
     w = TokenMean().weights(mask)
-    loss, stats = GRPOLoss(0.2, None, beta=0.0)(logp, logp.detach(), None, adv, mask, w)
+    loss, stats = DefaultLoss(0.2, None, beta=0.0)(logp, logp.detach(), None, adv, mask, w)
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.allclose(grad, -adv[:, None] * w)  # d/dlogp of -A * logp, weighted
     assert stats.sums["clip_frac"] == 0
@@ -141,7 +156,7 @@ def test_clipping_stops_gradient_only_outside_the_band_on_the_advantage_side(adv
     logp = torch.log(torch.tensor([[0.5, 1.0, 1.5]], dtype=torch.float64)).requires_grad_()
     mask = torch.ones(1, 3, dtype=torch.float64)
     adv = torch.tensor([adv_sign], dtype=torch.float64)
-    loss, stats = GRPOLoss(0.2, None, beta=0.0)(logp, old, None, adv, mask, mask)
+    loss, stats = DefaultLoss(0.2, None, beta=0.0)(logp, old, None, adv, mask, mask)
     (grad,) = torch.autograd.grad(loss, logp)
     ratio = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
     if adv_sign > 0:  # A > 0: above the band is clipped, below still pushes up
@@ -165,8 +180,8 @@ def test_kl_k3_is_zero_at_equality_and_positive_otherwise():
 def test_kl_enters_the_loss_as_beta_times_k3():
     logp, old, ref, adv, mask = random_batch(5)
     w = SequenceMean().weights(mask)
-    without, _ = GRPOLoss(0.2, None, beta=0.0)(logp, old, None, adv, mask, w)
-    with_kl, stats = GRPOLoss(0.2, None, beta=0.5)(logp, old, ref, adv, mask, w)
+    without, _ = DefaultLoss(0.2, None, beta=0.0)(logp, old, None, adv, mask, w)
+    with_kl, stats = DefaultLoss(0.2, None, beta=0.5)(logp, old, ref, adv, mask, w)
     assert (with_kl - without).item() == pytest.approx(0.5 * (kl_k3(logp, ref) * w).sum().item())
     assert stats.sums["kl/mean"] / stats.tokens == pytest.approx(((kl_k3(logp, ref) * mask).sum() / mask.sum()).item())
 
