@@ -60,15 +60,17 @@ class DataConfig:
     train_split: str = "train"
     """Split used for training."""
     eval_split: str | None = None
-    """Split used for evaluation; None evaluates on nothing. For a local file, an `eval_path` or a held-out slice."""
+    """Split used for evaluation (of `eval_path` when that is a hub dataset, else of `path`); None evaluates on nothing.
+    For a local file, an `eval_path` or a held-out slice."""
     eval_path: str | None = None
-    """Local file for evaluation when `path` is a local file; None holds out `eval_holdout` rows of it."""
+    """Evaluation data: a local file, or a different hub dataset (e.g. `HuggingFaceH4/MATH-500`, its `eval_split`);
+    None holds out `eval_holdout` rows of a local `path`, or uses `eval_split` of a hub `path`."""
     eval_holdout: int = 0
     """Rows held out of a local training file for evaluation when no `eval_path` is given."""
     prompt_column: str = "prompt"
     """Column holding the prompt text; every other column is passed to the rewards by name."""
     prompt_template: str = "{prompt}"
-    """Python format string for the user message; `{prompt}` is the prompt column's text."""
+    """Python format string for the user message; `{prompt}` is the prompt column's text, `{name}` any other column."""
     system_prompt: str | None = None
     """Optional system message (used only with a chat template)."""
     use_chat_template: bool = True
@@ -107,6 +109,9 @@ class RewardConfig:
     `+reward.funcs.NAME.fn=my.module.fn`."""
     accuracy: str | None = None
     """Reward whose value 1.0 counts as correct for `eval/accuracy` and pass@k; None uses the first reward."""
+    max_failures_in_a_row: int = 3
+    """A reward that raises gets None for that call (counted in `reward/NAME/errors`); after this many
+    failed calls in a row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -133,8 +138,9 @@ class SamplerConfig:
     """Maximum completion length in tokens."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; the completion ends before them (finish reason `stop`)."""
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=lambda: {"use_tqdm_on_load": False})
+    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
+    default, which keeps vLLM's checkpoint-loading progress bar off the console."""
     sleep_level: int = 0
     """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
     weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
@@ -207,6 +213,8 @@ class LoggerConfig:
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    verbose: bool = False
+    """Also show engine and library logs (vLLM, transformers, W&B) on the console; they always go to `<run_dir>/train.log`."""
 
 
 @dataclass
@@ -229,6 +237,9 @@ class TrainConfig:
     logprob_chunk_mib: int = 256
     """lm_head + log-softmax run over chunks of tokens whose fp32 logits take at most this many MiB
     (forward and backward); the full [tokens, vocab] logits never exist."""
+    max_bad_steps: int = 3
+    """Optimiser steps with NaN/Inf gradients are skipped (counted in `bad_steps`); after this many in a
+    row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -251,6 +262,8 @@ class CheckpointConfig:
     """Save the final model."""
     merged: bool = False
     """With LoRA (model.lora.r > 0), also save the merged model in `merged/` next to the adapter."""
+    keep_last: int = 2
+    """Keep the newest N `step_*` checkpoints (plus `final`); 0 keeps all."""
 
 
 @dataclass
@@ -271,6 +284,11 @@ class Config:
     """Only evaluate `model.path` on the eval split, no training."""
     run_name: str | None = None
     """Name of the run in W&B; None lets W&B pick one."""
+    resume: str | None = None
+    """Continue a run from its newest complete checkpoint: a run dir (`resume=outputs/...`, which also
+    becomes this run's dir), or `auto` (continue if `hydra.run.dir` already holds a checkpoint, else
+    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, logger.*, eval.* and
+    checkpoint.* may differ from the checkpoint's config."""
 
 
 def register_configs() -> None:
@@ -296,6 +314,19 @@ def _check_source(key: str, value: str | None) -> None:
     if value is None or Path(value).expanduser().exists():
         return
     _check(bool(_HUB_ID.match(value)), key, value, "no such file or directory (and not a hub id)")
+
+
+def _check_target(key: str, node: Any) -> None:
+    """A `_target_` must import: say so now, not as an instantiate traceback after the engine started."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    _check(target is not None, f"{key}._target_", target, "is required (a dotted path to a class)")
+    try:
+        get_object(target)
+    except Exception as err:
+        msg = (str(err.__cause__ or err).splitlines() or [""])[0][:160]
+        _check(False, f"{key}._target_", target, f"cannot be imported ({msg})")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -343,6 +374,15 @@ def validate(cfg: DictConfig) -> None:
         _check(t.optim_batch_size >= 1, "train.optim_batch_size", t.optim_batch_size, "must be >= 1 or null")
     _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
+    _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
+    _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
+    _check_target("optim.optimizer", o.optimizer)
+    _check_target("algo.aggregation", a.aggregation)
+    if cfg.resume not in (None, "auto"):
+        from grpo_cli.run_state import check_resume_dir
+
+        check_resume_dir(cfg.resume)
     for key, value in (("model.dtype", cfg.model.dtype), ("sampler.dtype", s.dtype)):
         _check(value in _DTYPES, key, value, f"must be one of {', '.join(_DTYPES)}")
     if t.autocast_dtype is not None:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
+from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossStats
@@ -103,6 +104,7 @@ class Learner:
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)  # NaN/Inf gradients skip the update
         dtype = cfg.train.autocast_dtype
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
@@ -174,7 +176,8 @@ class Learner:
     def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
-        self.optimizer.step()
+        if self.bad_steps.check(norm):  # reads the value: the one host sync of an optimiser step
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
@@ -196,3 +199,14 @@ class Learner:
     def checkpoint_model(self) -> torch.nn.Module:
         """What a checkpoint saves: the PeftModel (the adapter) with LoRA, else the policy."""
         return self.peft if self.peft is not None else self.policy
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.bad_steps.load_state_dict(state["bad_steps"])

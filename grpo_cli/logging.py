@@ -1,4 +1,8 @@
-"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console."""
+"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console.
+
+The console (stderr) shows a short header, the progress bar, evaluations as they come and the final
+table; engine and library logs go to the run's log file (grpo_cli.console).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from grpo_cli.console import LOG_FILE, is_verbose
 
 console = Console(stderr=True)
 
@@ -40,18 +46,26 @@ def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int):
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None),
+                 wandb_id: str | None = None):
+        """`rows`: training rows and evaluation rows (None: no evaluation), for the header.
+        `wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
         self.cfg, self.run_dir = cfg.logger, run_dir
+        self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
-            self.wandb = wandb.init(
-                project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
-                name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
-            )
-            if mode == "offline":
-                console.print(f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+            try:
+                self.wandb = wandb.init(
+                    project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
+                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
+                    id=wandb_id, resume="allow" if wandb_id else None,
+                    settings=wandb.Settings(silent=not is_verbose(self.cfg)),
+                )
+            except Exception as err:  # no network, bad key, service down: the run goes on without W&B
+                self._wandb_failed("start", err)
+        self._header(cfg, run_dir, total_steps, rows, mode)
         self.progress = None
         if self.cfg.progress:
             self.progress = Progress(
@@ -65,12 +79,33 @@ class RunLogger:
         metrics = to_host(metrics)
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        self._wandb_log(metrics, step)
         if self.progress is not None and "reward/mean" in metrics:
-            info = (f"reward {metrics['reward/mean']:.3f}  kl {metrics.get('kl/mean', 0.0):.4f}  "
-                    f"{metrics['time/step_s']:.2f} s/step")
+            info = (f"reward {metrics['reward/mean']:.3f}  acc {metrics.get(self.accuracy_key, float('nan')):.3f}  "
+                    f"kl {metrics.get('kl/mean', 0.0):.4f}  {metrics['time/step_s']:.2f} s/step")
             self.progress.update(self.task, completed=step, info=info)
+        if "eval/accuracy" in metrics:
+            extra = "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/accuracy")
+            console.print(f"eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}  {extra}", highlight=False)
+
+    def _header(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None], mode: str) -> None:
+        """A few lines saying what runs, where its files go and where its W&B run is."""
+        train_rows, eval_rows = rows
+        B, G = cfg.train.prompts_per_step, cfg.algo.group_size
+        evals = f", {eval_rows} eval rows" if eval_rows is not None else ", no evaluation"
+        if self.wandb is None:
+            wb = "disabled"
+        elif mode == "offline":
+            wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
+        else:
+            wb = f"{mode} {self.wandb.url}"
+        logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
+        for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
+                     f"  data    {cfg.data.path} ({train_rows} train rows{evals})",
+                     f"  steps   {total_steps} of B x G = {B} x {G} = {B * G} completions",
+                     f"  run dir {run_dir}{logs}",
+                     f"  W&B     {wb}"):
+            console.print(line, soft_wrap=True, highlight=False)
 
     def log_completions(self, step: int, rows: list[dict]) -> None:
         """A sample of completions: a wandb.Table, and completions.jsonl in the run dir."""
@@ -80,7 +115,31 @@ class RunLogger:
         if self.wandb is not None and rows:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-            self.wandb.log({"completions": table}, step=step)
+            self._wandb_log({"completions": table}, step)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    def _wandb_log(self, data: dict, step: int) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.log(data, step=step)
+        except Exception as err:
+            self._wandb_failed("log", err)
+
+    def _wandb_failed(self, what: str, err: Exception) -> None:
+        """Warn once and go on logging to metrics.jsonl only."""
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        console.print(f"[yellow]warning:[/] W&B could not {what} ({type(err).__name__}: {first_line}); "
+                      f"logging to {self.run_dir / 'metrics.jsonl'} only")
+        if self.wandb is not None:
+            try:
+                self.wandb.finish(exit_code=1)
+            except Exception:
+                pass
+        self.wandb = None
 
     def print_table(self, title: str, values: dict[str, float]) -> None:
         table = Table(title=title)
@@ -95,4 +154,7 @@ class RunLogger:
             self.progress.stop()
         self.metrics_file.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except Exception as err:
+                self._wandb_failed("finish", err)

@@ -20,40 +20,59 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from grpo_cli import run_state
 from grpo_cli.advantages import group_advantages
-from grpo_cli.checkpoint import save_checkpoint
+from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
-from grpo_cli.evaluate import evaluate, repeat_columns
+from grpo_cli.evaluate import evaluate
+from grpo_cli.faults import RunStopped, StopSignals, stop_reason
 from grpo_cli.filters import ScoredGroups
 from grpo_cli.kl_control import KLWatch
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
-from grpo_cli.models import load_tokenizer
+from grpo_cli.models import check_model, load_tokenizer
 from grpo_cli.reference import ReferenceRefresh
 from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
-    """Train (or only evaluate) as `cfg` says; returns the final eval accuracy, if any."""
-    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float | None:
+    """Train (or only evaluate) as `cfg` says; returns the final eval accuracy, if any.
+
+    `overrides`: the command line, so that a resumed run compares only the keys it names.
+    SIGINT/SIGTERM end the run after the current step, with a checkpoint.
+    """
+    with StopSignals() as signals:
+        return _run(cfg, Path(run_dir or HydraConfig.get().runtime.output_dir), overrides, signals)
+
+
+def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.
+    checkpoint = run_state.find_resume(cfg.resume, run_dir)
+    state = None
+    if checkpoint is not None:
+        cfg = run_state.resumed_config(cfg, checkpoint, overrides)
+        state = run_state.load(checkpoint)
+        run_state.cut_logs(run_dir, state.log_sizes)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    set_seed(cfg.seed)  # python, numpy and torch RNGs; the engine has its own seed
+    route_logs(cfg.logger, run_dir)  # library chatter -> run_dir/train.log
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
+    check_model(cfg.model, cfg.sampler.max_model_len, cfg.sampler.max_tokens)
     tokenizer = load_tokenizer(cfg.model)
     fmt = PromptFormatter(cfg.data, tokenizer)
     train_rows, eval_rows = load_splits(cfg.data)
     fmt.check_columns(train_rows, "training")
+    train_rows = fmt.fit(train_rows, "training", cfg.sampler.max_model_len)
     if eval_rows is not None:
         fmt.check_columns(eval_rows, "evaluation")
+        eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
     rewards = Rewards.from_config(cfg.reward)
     accuracy_reward = cfg.reward.accuracy or rewards.names[0]
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
     G, B = cfg.algo.group_size, cfg.train.prompts_per_step
 
     def run_eval(step: int) -> dict[str, float]:
@@ -66,8 +85,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps)
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
+                       wandb_id=state.wandb_id if state else None)
+    sampler = VLLMSampler(cfg.sampler, cfg.model)
     if cfg.eval_only:
+        set_seed(cfg.seed)
         final = run_eval(0)
         logger.close()
         logger.print_table(f"evaluation of {cfg.model.path}", final)
@@ -75,40 +97,54 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
     learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
+    batch_filter = instantiate(cfg.algo.batch_filter)  # which scored groups are trained on
+    ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
+    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop=lambda step: stop_on_kl(step))
+    # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
+    # the engine samples from torch's global generator.
+    if state is not None:
+        run_state.restore(state, checkpoint, learner, stream)  # weights, optimiser, data position, RNGs
+        ref_refresh.load_state_dict(state.extra.get("reference", {"last": 0}))
+        kl_watch.load_state_dict(state.extra.get("kl_watch", {"beta": cfg.algo.beta}))
+    else:
+        set_seed(cfg.seed)  # python, numpy and torch RNGs
     sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
-    first = run_eval(0)
+    first = state.first_eval if state else run_eval(0)
 
-    batch_filter = instantiate(cfg.algo.batch_filter)
+    def save(step: int, name: str) -> Path:
+        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir)
+        snapshot.extra |= {"reference": ref_refresh.state_dict(), "kl_watch": kl_watch.state_dict()}
+        return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
+                              cfg.checkpoint.keep_last)
 
-    def stop(step: int) -> Path:  # the KL watch's `stop`: keep the model, close the logs
-        path = save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / f"step_{step}",
-                               cfg.checkpoint.merged)
+    def stop_on_kl(step: int) -> Path:  # the KL watch's `stop`: keep the model, close the logs
+        path = save(step, f"step_{step}")
         logger.close()
         return path
 
-    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop)
-    ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
     timer = {"sample": 0.0, "reward": 0.0}
 
     def draw() -> ScoredGroups:
-        """B prompts from the stream, G completions each from the current policy, scored."""
+        """B prompts from the stream, G completions each from the current policy, scored (rewards
+        are called as TRL calls them)."""
         t0 = time.perf_counter()
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
         t1 = time.perf_counter()
-        prompts, columns = [p for p in batch.prompts for _ in range(G)], repeat_columns(batch.columns, G)
-        scores = rewards(prompts, rollouts.texts, columns, rollouts.completion_ids)
+        group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
+        scores = rewards(group, rollouts)
         timer["sample"], timer["reward"] = timer["sample"] + t1 - t0, timer["reward"] + time.perf_counter() - t1
-        return ScoredGroups(prompts, columns, rollouts, scores, G)
+        return ScoredGroups(group, rollouts, scores, G)
 
-    for step in range(1, total_steps + 1):
+    for step in range((state.step if state else 0) + 1, total_steps + 1):
         t0 = time.perf_counter()
         timer.update(sample=0.0, reward=0.0)
         # 1-2. Sample B prompts x G completions and score every completion (each reward is kept
         #      for logging); the batch filter picks the groups to train on, drawing more if it must.
         drawn, groups = batch_filter(draw)
         sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
-        rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
+        run_state.pause_for_test("rollout", step)
+        group, rollouts, scores = groups.batch, groups.rollouts, groups.scores
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
@@ -123,6 +159,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
                                                advantages, tokenizer.pad_token_id)
             learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
         learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
+        run_state.pause_for_test("learner", step)
         t_learn = time.perf_counter()
 
         # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
@@ -138,6 +175,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             "reward/mean": torch.nanmean(everything).item(),
             "reward/std": everything[~everything.isnan()].std().item() if everything.numel() > 1 else 0.0,
             **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in drawn.scores.per_reward.items()},
+            **{f"reward/{k}/errors": v for k, v in drawn.scores.errors.items()},
             "advantage/mean": advantages.mean().item() if len(groups) else 0.0,
             "advantage/std": advantages.std().item() if len(groups) else 0.0,
             "frac_zero_std": drawn.zero_std.float().mean().item(),
@@ -148,6 +186,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             "truncated_frac": sum(r == "length" for r in drawn.rollouts.finish_reasons) / len(lengths),
             **learner_metrics,
             "beta": beta,
+            "bad_steps": learner.bad_steps.total,  # optimiser steps skipped for NaN/Inf gradients, so far
             "time/sample_s": timer["sample"],
             "time/reward_s": timer["reward"],
             "time/learner_s": t_learn - t_reward,
@@ -163,20 +202,24 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
-                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                {"prompt": group.prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
                  "advantage": advantages[i].item(),
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
-                for i in range(min(cfg.logger.completions_rows, len(prompts)))
+                for i in range(min(cfg.logger.completions_rows, len(group.prompts)))
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / f"step_{step}",
-                            cfg.checkpoint.merged)
+        stop = stop_reason(signals, learner.bad_steps, rewards)  # Ctrl-C, NaN steps, a failing reward
+        if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            saved = save(step, f"step_{step}")
+        if stop:
+            logger.close()
+            raise RunStopped(f"stopped after step {step}: {stop[0]}; checkpoint {saved}; "
+                             f"continue with: grpo-train resume={run_dir}", exit_code=stop[1])
 
     last = run_eval(total_steps)
     if cfg.checkpoint.final:
-        save_checkpoint(learner.checkpoint_model, tokenizer, run_dir / "checkpoints" / "final", cfg.checkpoint.merged)
+        save(total_steps, "final")
     logger.close()
     if last:
         logger.print_table("held-out evaluation", {f"before {k}": v for k, v in first.items()}
