@@ -260,10 +260,10 @@ class CheckpointConfig:
     """Save a checkpoint every N steps; 0 saves only at the end."""
     final: bool = True
     """Save the final model."""
-    merged: bool = False
-    """With LoRA (model.lora.r > 0), also save the merged model in `merged/` next to the adapter."""
     keep_last: int = 2
     """Keep the newest N `step_*` checkpoints (plus `final`); 0 keeps all."""
+    merged: bool = False
+    """With LoRA (model.lora.r > 0), also save the merged model in `merged/` next to the adapter."""
 
 
 @dataclass

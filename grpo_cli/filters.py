@@ -14,12 +14,11 @@ groups to train on. Pick one with `algo.batch_filter._target_`:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
 from grpo_cli.advantages import group_advantages
-from grpo_cli.data import PromptBatch
 from grpo_cli.rewards import RewardResult
 from grpo_cli.sampler import Rollouts
 
@@ -28,13 +27,14 @@ from grpo_cli.sampler import Rollouts
 class ScoredGroups:
     """Groups of G scored completions, prompt-major: completion j of group i is at i * G + j."""
 
-    batch: PromptBatch  # [N] each prompt's row once per completion (PromptBatch.repeat)
-    rollouts: Rollouts  # [N]
-    scores: RewardResult  # [N]
+    prompts: list[str]  # [N] formatted prompt of each completion
+    columns: dict[str, list]  # name -> [N] dataset columns, repeated per completion
+    rollouts: Rollouts
+    scores: RewardResult
     group_size: int
 
     def __len__(self) -> int:  # number of groups
-        return len(self.batch.prompts) // self.group_size
+        return len(self.prompts) // self.group_size
 
     @property
     def zero_std(self) -> torch.Tensor:
@@ -43,29 +43,29 @@ class ScoredGroups:
 
     def select(self, groups: list[int]) -> ScoredGroups:
         idx = [g * self.group_size + j for g in groups for j in range(self.group_size)]
-        rows = torch.tensor(idx, dtype=torch.long)
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-        b, r, s = self.batch, self.rollouts, self.scores
-        return ScoredGroups(
-            replace(b, prompts=pick(b.prompts), columns={k: pick(v) for k, v in b.columns.items()}),
-            Rollouts(*(pick(getattr(r, f.name)) for f in fields(Rollouts))),
-            RewardResult(s.total[rows], {k: v[rows] for k, v in s.per_reward.items()}, dict(s.errors)),
-            self.group_size,
-        )
+        r = self.rollouts
+        rollouts = Rollouts(pick(r.prompt_ids), pick(r.completion_ids), pick(r.texts),
+                            pick(r.finish_reasons), pick(r.logprobs))
+        t = torch.tensor(idx, dtype=torch.long)
+        scores = RewardResult(self.scores.total[t], {k: v[t] for k, v in self.scores.per_reward.items()},
+                              self.scores.errors)
+        return ScoredGroups(pick(self.prompts), {k: pick(v) for k, v in self.columns.items()},
+                            rollouts, scores, self.group_size)
 
     @staticmethod
     def concat(parts: list[ScoredGroups]) -> ScoredGroups:
+        if len(parts) == 1:
+            return parts[0]
         first = parts[0]
         cat = lambda get: [x for p in parts for x in get(p)]  # noqa: E731
-        return ScoredGroups(
-            replace(first.batch, prompts=cat(lambda p: p.batch.prompts),
-                    columns={k: cat(lambda p, k=k: p.batch.columns[k]) for k in first.batch.columns}),
-            Rollouts(*(cat(lambda p, f=f.name: getattr(p.rollouts, f)) for f in fields(Rollouts))),
-            RewardResult(torch.cat([p.scores.total for p in parts]),
-                         {k: torch.cat([p.scores.per_reward[k] for p in parts]) for k in first.scores.per_reward},
-                         {k: max(q.scores.errors.get(k, 0) for q in parts) for p in parts for k in p.scores.errors}),
-            first.group_size,
-        )
+        rollouts = Rollouts(*(cat(lambda p, f=f: getattr(p.rollouts, f))
+                              for f in ("prompt_ids", "completion_ids", "texts", "finish_reasons", "logprobs")))
+        scores = RewardResult(torch.cat([p.scores.total for p in parts]),
+                              {k: torch.cat([p.scores.per_reward[k] for p in parts]) for k in first.scores.per_reward},
+                              {k: sum(p.scores.errors.get(k, 0) for p in parts) for k in first.scores.errors})
+        columns = {k: cat(lambda p, k=k: p.columns[k]) for k in first.columns}
+        return ScoredGroups(cat(lambda p: p.prompts), columns, rollouts, scores, first.group_size)
 
 
 Draw = Callable[[], ScoredGroups]

@@ -202,11 +202,19 @@ class Learner:
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        if self.peft is not None:  # LoRA: the checkpoint's export is the adapter; resume from these
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.bad_steps.load_state_dict(state["bad_steps"])
+        if "trainable" in state:
+            with torch.no_grad():
+                params = dict(self.policy.named_parameters())
+                for name, value in state["trainable"].items():
+                    params[name].copy_(value)

@@ -98,7 +98,7 @@ class RunLogger:
         elif mode == "offline":
             wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
         else:
-            wb = f"{mode} {self.wandb.url}"
+            wb = f"{mode} {getattr(self.wandb, 'url', None) or '(no run URL yet)'}"
         logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
         for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
                      f"  data    {cfg.data.path} ({train_rows} train rows{evals})",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 ADAPTER = "default"
@@ -52,20 +52,3 @@ def save_merged(peft_model: PeftModel, directory: Path) -> Path:
     merged.config.use_cache = True
     merged.save_pretrained(directory, safe_serialization=True)
     return directory
-
-
-def is_lora(model) -> bool:
-    return isinstance(model, PeftModel)
-
-
-def load_adapter(peft_model: PeftModel, directory: Path) -> None:
-    """The adapter weights of a checkpoint (adapter_model.safetensors) back into `peft_model`, exactly."""
-    from safetensors.torch import load_file
-
-    result = set_peft_model_state_dict(peft_model, load_file(directory / "adapter_model.safetensors"))
-    missing = [k for k in result.missing_keys if ".lora_" in k]
-    if missing or result.unexpected_keys:
-        from grpo_cli.run_state import CheckpointError
-
-        raise CheckpointError(f"{directory}: adapter does not fit the model (missing {missing[:3]}, "
-                              f"unexpected {list(result.unexpected_keys)[:3]})")

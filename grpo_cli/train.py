@@ -97,44 +97,41 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
     learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
-    batch_filter = instantiate(cfg.algo.batch_filter)  # which scored groups are trained on
+    batch_filter = instantiate(cfg.algo.batch_filter)
+    def stop_for_kl(step: int) -> Path:  # the KL watch's `stop`: a checkpoint, then the logs closed
+        saved = save(step, f"step_{step}")
+        logger.close()
+        return saved
+
+    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop_for_kl)
     ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
-    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop=lambda step: stop_on_kl(step))
+    components = {"kl_watch": kl_watch, "ref_refresh": ref_refresh}  # state a checkpoint carries
     # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
     # the engine samples from torch's global generator.
     if state is not None:
-        run_state.restore(state, checkpoint, learner, stream)  # weights, optimiser, data position, RNGs
-        ref_refresh.load_state_dict(state.extra.get("reference", {"last": 0}))
-        kl_watch.load_state_dict(state.extra.get("kl_watch", {"beta": cfg.algo.beta}))
+        run_state.restore(state, checkpoint, learner, stream, components)  # weights, optimiser, data, RNGs
     else:
         set_seed(cfg.seed)  # python, numpy and torch RNGs
     sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
     first = state.first_eval if state else run_eval(0)
 
     def save(step: int, name: str) -> Path:
-        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir)
-        snapshot.extra |= {"reference": ref_refresh.state_dict(), "kl_watch": kl_watch.state_dict()}
+        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir, components)
         return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
-                              cfg.checkpoint.keep_last)
-
-    def stop_on_kl(step: int) -> Path:  # the KL watch's `stop`: keep the model, close the logs
-        path = save(step, f"step_{step}")
-        logger.close()
-        return path
+                              cfg.checkpoint.keep_last, cfg.checkpoint.merged)
 
     timer = {"sample": 0.0, "reward": 0.0}
 
     def draw() -> ScoredGroups:
-        """B prompts from the stream, G completions each from the current policy, scored (rewards
-        are called as TRL calls them)."""
+        """B prompts from the stream, G completions each from the current policy, scored."""
         t0 = time.perf_counter()
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
         t1 = time.perf_counter()
         group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
-        scores = rewards(group, rollouts)
+        scores = rewards(group, rollouts)  # rewards are called as TRL calls them
         timer["sample"], timer["reward"] = timer["sample"] + t1 - t0, timer["reward"] + time.perf_counter() - t1
-        return ScoredGroups(group, rollouts, scores, G)
+        return ScoredGroups(group.prompts, group.columns, rollouts, scores, G)
 
     for step in range((state.step if state else 0) + 1, total_steps + 1):
         t0 = time.perf_counter()
@@ -144,7 +141,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         drawn, groups = batch_filter(draw)
         sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         run_state.pause_for_test("rollout", step)
-        group, rollouts, scores = groups.batch, groups.rollouts, groups.scores
+        rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
@@ -202,10 +199,10 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
-                {"prompt": group.prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
                  "advantage": advantages[i].item(),
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
-                for i in range(min(cfg.logger.completions_rows, len(group.prompts)))
+                for i in range(min(cfg.logger.completions_rows, len(prompts)))
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)

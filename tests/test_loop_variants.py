@@ -27,7 +27,7 @@ def groups(rewards: list[list[float]], tag: str) -> ScoredGroups:
     texts = [f"{tag}{i // G}.{i % G}" for i in range(n)]
     total = torch.tensor(rewards, dtype=torch.float32).flatten()
     return ScoredGroups(
-        batch=PromptBatch([f"{tag}{i // G}" for i in range(n)], {"answer": [f"a{tag}{i // G}" for i in range(n)]}),
+        prompts=[f"{tag}{i // G}" for i in range(n)], columns={"answer": [f"a{tag}{i // G}" for i in range(n)]},
         rollouts=Rollouts([[i // G] for i in range(n)], [[i] for i in range(n)], texts, ["stop"] * n, [[-0.5]] * n),
         scores=RewardResult(total, {"correct": total.clone()}), group_size=G,
     )
@@ -57,11 +57,9 @@ def test_skip_zero_std_drops_exactly_the_groups_whose_rewards_are_all_equal():
     drawn, kept = SkipZeroStd()(draw)
     assert draw.calls == 1 and drawn is g
     assert drawn.zero_std.tolist() == [True, False, True, False]
-    assert kept.batch.prompts == ["a1", "a1", "a3", "a3"] and kept.rollouts.texts == ["a1.0", "a1.1", "a3.0", "a3.1"]
-    assert kept.rollouts.prompt_ids == [[1], [1], [3], [3]] and kept.rollouts.completion_ids == [[2], [3], [6], [7]]
+    assert kept.prompts == ["a1", "a1", "a3", "a3"] and kept.rollouts.texts == ["a1.0", "a1.1", "a3.0", "a3.1"]
     assert kept.scores.total.tolist() == pytest.approx([0, 1, 0.5, 0.2])
-    assert kept.scores.per_reward["correct"].tolist() == pytest.approx([0, 1, 0.5, 0.2])
-    assert kept.batch.columns["answer"] == ["aa1", "aa1", "aa3", "aa3"] and len(kept) == 2
+    assert kept.columns["answer"] == ["aa1", "aa1", "aa3", "aa3"] and len(kept) == 2
 
 
 def test_dynamic_sampling_draws_until_b_informative_groups_and_keeps_the_first_b():
@@ -70,15 +68,14 @@ def test_dynamic_sampling_draws_until_b_informative_groups_and_keeps_the_first_b
                   groups([[0, 1], [1, 0], [0, 1]], "c"), groups([[0, 1]] * 3, "d"))
     drawn, kept = DynamicSampling(max_extra_draws=5)(draw)
     assert draw.calls == 3 and len(drawn) == 9  # stopped as soon as 3 informative groups existed
-    assert [kept.batch.prompts[i] for i in range(0, 6, G)] == ["a1", "b0", "c0"]
-    assert kept.rollouts.texts[:4] == ["a1.0", "a1.1", "b0.0", "b0.1"]  # first B informative, in order
+    assert [kept.prompts[i] for i in range(0, 6, G)] == ["a1", "b0", "c0"]  # first B informative, in order
     assert not kept.zero_std.any() and len(kept) == 3
 
 
 def test_dynamic_sampling_stops_after_max_extra_draws_with_what_it_has():
     draw = drawer(*[groups([[1, 1], [0, 1]], t) for t in "abcd"])
     drawn, kept = DynamicSampling(max_extra_draws=1)(draw)
-    assert draw.calls == 2 and len(drawn) == 4 and kept.batch.prompts == ["a1", "a1", "b1", "b1"]
+    assert draw.calls == 2 and len(drawn) == 4 and kept.prompts == ["a1", "a1", "b1", "b1"]
     draw = drawer(groups([[1, 1], [0, 0]], "a"))
     drawn, kept = DynamicSampling(max_extra_draws=0)(draw)
     assert draw.calls == 1 and len(kept) == 0
@@ -169,7 +166,8 @@ def test_overlong_penalty_is_dapo_eq_13():
 
 def test_overlong_penalty_gets_completion_ids_through_rewards():
     rewards = Rewards({"overlong": (OverlongPenalty(max_tokens=4, cache_tokens=2), 0.5)})
-    out = rewards(PromptBatch(["p", "p"], {}), Rollouts([[0], [0]], [[1, 2, 3], [1]], ["abc", "a"], ["stop"] * 2, [[0.0] * 3, [0.0]]))
+    rollouts = Rollouts([[9], [9]], [[1, 2, 3], [1]], ["abc", "a"], ["stop", "stop"], [[0.0] * 3, [0.0]])
+    out = rewards(PromptBatch(["p", "p"], {"prompt": ["p", "p"]}), rollouts)
     assert out.total.tolist() == pytest.approx([0.5 * -0.5, 0.0])
 
 
@@ -226,7 +224,8 @@ def test_reward_model_next_to_a_rule_reward_with_weights(tiny_rm):
                    "+reward.funcs.rm.weight=0.5", "train.device=cpu"])
     rewards = Rewards.from_config(cfg.reward)
     assert rewards.funcs["rm"][0].device == torch.device("cpu")  # the learner's device, by interpolation
-    out = rewards(PromptBatch(["1+1=", "1+1="], {"answer": ["2", "2"]}), Rollouts([[0]] * 2, [[1], [2]], ["2", "3"], ["stop"] * 2, [[0.0]] * 2))
+    batch = PromptBatch(["1+1=", "1+1="], {"prompt": ["1+1=", "1+1="], "answer": ["2", "2"]})
+    out = rewards(batch, Rollouts([[9], [9]], [[1], [2]], ["2", "3"], ["stop", "stop"], [[0.0], [0.0]]))
     rm, rule = out.per_reward["rm"], out.per_reward["correct"]
     assert rule.tolist() == [1.0, 0.0]
     assert torch.allclose(out.total, rule + 0.5 * rm) and not math.isclose(rm[0].item(), 0.0)
