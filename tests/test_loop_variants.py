@@ -204,6 +204,19 @@ def test_reward_model_scores_equal_a_direct_forward_of_prompt_plus_completion(ti
     assert len(set(round(s, 4) for s in scores)) == 4  # the texts really score differently
 
 
+def test_reward_model_scores_a_conversation_through_its_chat_template(tiny_rm):
+    from grpo_cli.rewards.model import RewardModel
+
+    path, model, tok = tiny_rm
+    prompt = [{"role": "user", "content": "12+34="}]
+    completion = [{"role": "assistant", "content": "46"}]
+    (score,) = RewardModel(str(path), device="cpu")([prompt], [completion])
+    text = "<|im_start|>user\n12+34=<|im_end|>\n<|im_start|>assistant\n46<|im_end|>\n"
+    with torch.no_grad():
+        direct = model(torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, 0].item()
+    assert score == pytest.approx(direct, abs=1e-5)
+
+
 def test_reward_model_next_to_a_rule_reward_with_weights(tiny_rm):
     path, _, _ = tiny_rm
     cfg = compose(["reward=arithmetic", "+reward.funcs.rm.fn._target_=grpo_cli.rewards.model.RewardModel",

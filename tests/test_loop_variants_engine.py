@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_cli.checkpoint import save_checkpoint
@@ -157,3 +158,27 @@ def test_dynamic_sampling_in_the_loop_draws_until_its_budget_and_logs_it(tiny_ov
         informative = round(drawn * (1 - m["frac_zero_std"]))
         assert drawn in (4, 8, 12) and (informative >= 4 or drawn == 12)
         assert m["filter/groups_trained"] == min(4, informative) > 0 and "loss" in m
+
+
+WALL_CLOCK = ("time/", "tokens_per_s")
+
+
+def test_resume_restores_the_lora_adapter_the_refreshed_reference_and_the_adapted_beta(tiny_overrides, tmp_path):
+    """3 steps straight vs 2 steps + resume: step 3's numbers and the final adapter are identical."""
+    variant = SIGNAL + ["model.lora.r=4", "optim.lr=5e-2", "algo.beta=0.04", "algo.ref_refresh_every=2",
+                        "algo.ref_refresh_alpha=0.5", "algo.kl_limit=1e-3", "algo.kl_action=adapt", "algo.kl_horizon=16",
+                        "checkpoint.every=1", "train.device=cpu", "logger.completions_every=0"]
+
+    def steps(run_dir):
+        return [{k: v for k, v in m.items() if not k.startswith(WALL_CLOCK)} for m in _steps(run_dir)]
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(compose(tiny_overrides + variant + ["train.max_steps=3"]), run_dir=straight)
+    run(compose(tiny_overrides + variant + ["train.max_steps=2"]), run_dir=split)
+    run(compose(tiny_overrides + variant + ["train.max_steps=3", f"resume={split}"]), run_dir=split)
+    a, b = steps(straight), steps(split)
+    assert [m["step"] for m in b] == [1, 2, 3] and a == b
+    assert a[1]["ref/refreshed"] == 1.0 and a[2]["beta"] != a[0]["beta"]  # both states mattered
+    final_a = load_file(straight / "checkpoints" / "final" / "adapter_model.safetensors")
+    final_b = load_file(split / "checkpoints" / "final" / "adapter_model.safetensors")
+    assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from grpo_cli.models import DTYPES, resolve_device
+from grpo_cli.rewards import completion_text
 
 
 class RewardModel:
@@ -31,9 +32,17 @@ class RewardModel:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
 
+    def _text(self, prompt, completion) -> str:
+        """Plain text: prompt + completion. Chat messages (conversational data): the whole
+        conversation through the reward model's chat template, as reward models are trained."""
+        if isinstance(prompt, str):
+            return prompt + completion_text(completion)
+        messages = list(prompt) + [{"role": "assistant", "content": completion_text(completion)}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
-        texts = [p + c for p, c in zip(prompts, completions)]
+        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
         scores: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=self.max_length is not None,
