@@ -33,6 +33,10 @@ def on_meta(monkeypatch):
     # transformers' sdpa mask asks `padding_mask.all()` to maybe skip the mask: a host sync on
     # CUDA, impossible on meta. The one data-dependent check is answered "no" (the mask is built).
     monkeypatch.setattr(transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *a, **k: False)
+    # Packed sequences (train.pack_sequences): transformers asks whether a row holds more than one
+    # sequence to maybe skip the block-diagonal mask; answered "always build it".
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices",
+                        lambda pos: (torch.diff(pos, prepend=pos[:, :1] - 1, dim=-1) != 1).cumsum(-1))
 
 
 # mu = 2 and two optimiser batches exercise every path: reference, pi_old forward, accumulation.
