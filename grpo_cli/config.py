@@ -122,6 +122,10 @@ class SamplerConfig:
     """Stop strings; the completion ends before them (finish reason `stop`)."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+    sleep_level: int = 0
+    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
+    weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
+    (they are pushed from the learner after waking anyway)."""
 
 
 @dataclass
@@ -194,6 +198,12 @@ class TrainConfig:
     """Passes over the training data when `max_steps` is 0."""
     autocast_dtype: str | None = None
     """Run the learner's matmuls under torch.autocast with this dtype (e.g. bfloat16); log-softmax, ratios and KL stay fp32."""
+    device: str = "auto"
+    """Where the learner (policy, reference, optimiser state, every tensor of a step) lives:
+    auto (CUDA when available, else cpu), cpu, cuda or cuda:N."""
+    logprob_chunk_mib: int = 256
+    """lm_head + log-softmax run over chunks of tokens whose fp32 logits take at most this many MiB
+    (forward and backward); the full [tokens, vocab] logits never exist."""
     max_bad_steps: int = 3
     """Optimiser steps with NaN/Inf gradients are skipped (counted in `bad_steps`); after this many in a
     row the run stops with a checkpoint. 0 never stops."""
@@ -306,6 +316,8 @@ def validate(cfg: DictConfig) -> None:
     _check(s.temperature > 0, "sampler.temperature", s.temperature, "must be > 0")
     _check(0 < s.top_p <= 1, "sampler.top_p", s.top_p, "must be in (0, 1]")
     _check(s.top_k >= 0, "sampler.top_k", s.top_k, "must be >= 0 (0 disables)")
+    _check(s.sleep_level in (0, 1, 2), "sampler.sleep_level", s.sleep_level, "must be 0 (off), 1 or 2")
+    _check(t.logprob_chunk_mib >= 1, "train.logprob_chunk_mib", t.logprob_chunk_mib, "must be >= 1")
     _check(0 < s.gpu_memory_utilization <= 1, "sampler.gpu_memory_utilization", s.gpu_memory_utilization, "must be in (0, 1]")
     _check(s.max_model_len > s.max_tokens, "sampler.max_model_len", s.max_model_len, f"must exceed sampler.max_tokens ({s.max_tokens})")
     _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")

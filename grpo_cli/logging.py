@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 import wandb
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -23,6 +24,19 @@ def _wandb_mode(mode: str) -> str:
         return os.environ["WANDB_MODE"]
     has_key = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
     return "online" if has_key else "offline"
+
+
+def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Floats for every value. The 0-dim tensors (the learner's live on its device) are stacked per
+    device and cross to the host in one copy each, so a step waits for the GPU once."""
+    out = dict(metrics)
+    by_device: dict[torch.device, list[str]] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        out |= dict(zip(keys, torch.stack([metrics[k].detach().float() for k in keys]).tolist()))
+    return out
 
 
 class RunLogger:
@@ -52,7 +66,8 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, info="")
             self.progress.start()
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, float | torch.Tensor]) -> None:
+        metrics = to_host(metrics)
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
         self._wandb_log(metrics, step)

@@ -73,17 +73,34 @@ def load_tokenizer(cfg: DictConfig):
     return tok
 
 
-def load_causal_lm(cfg: DictConfig, dtype: str, trainable: bool) -> torch.nn.Module:
+def resolve_device(name: str) -> torch.device:
+    """`train.device`: `auto` is CUDA when available, else the CPU; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device={name!r} is invalid: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name!r}: CUDA is not available on this machine (use auto or cpu)")
+    return device
+
+
+def load_causal_lm(cfg: DictConfig, dtype: str, trainable: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The model on `device`; CUDA weights load straight onto the GPU, never staged in host memory."""
     _use_cache_if_offline(cfg.path)
+    device = torch.device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.path,
             dtype=DTYPES[dtype],
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
+            device_map={"": device} if device.type == "cuda" else None,
         )
     except Exception as err:
         raise _hub_error("model.path", cfg.path, err) from err
+    model.to(device)  # a no-op on CUDA; the CPU or (in tests) the shapes-only `meta` device otherwise
     model.config.use_cache = False  # training forwards never decode
     if trainable:
         model.train()

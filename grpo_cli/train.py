@@ -107,6 +107,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         # 1. B prompts, G completions each, from the current policy.
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         run_state.pause_for_test("rollout", step)
         t_sample = time.perf_counter()
 
@@ -122,7 +123,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         # 4. The GRPO update: mu passes of shuffled micro-batches.
         rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
                                            advantages, tokenizer.pad_token_id)
-        learner_metrics = learner.train_step(rollout_batch)
+        learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
+        learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         run_state.pause_for_test("learner", step)
         t_learn = time.perf_counter()
 
