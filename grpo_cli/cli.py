@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grpo_cli.config import exit_on_config_error, register_configs
+from grpo_cli.console import is_verbose, quiet_before_imports
 from grpo_cli.errors import UserError
 from grpo_cli.faults import RunStopped
 from grpo_cli.paths import config_dir
@@ -21,6 +22,7 @@ def _run(cfg: DictConfig) -> float | None:
     # Single runs were validated by a callback before Hydra made the run dir; sweeps are
     # validated here, per job.
     exit_on_config_error(cfg)
+    quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
     from grpo_cli.train import run  # heavy imports (torch, vllm) only once the config is good
 
     try:

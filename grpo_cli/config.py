@@ -22,6 +22,18 @@ from grpo_cli.errors import UserError
 
 
 @dataclass
+class LoraSettings:
+    r: int = 0
+    """LoRA rank; 0 = no adapters (full fine-tuning). The sampler always gets the merged weights."""
+    alpha: float = 32.0
+    """LoRA scaling numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that get adapters (peft's `target_modules`)."""
+
+
+@dataclass
 class ModelConfig:
     path: str = MISSING
     """Hub model id (e.g. `Qwen/Qwen2.5-0.5B-Instruct`) or a local directory from `save_pretrained`."""
@@ -35,6 +47,8 @@ class ModelConfig:
     """Allow model code from the hub to run. Off unless you trust the repository."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (peft): `model.lora.r=16` trains adapters only; r=0 trains every weight."""
 
 
 @dataclass
@@ -46,9 +60,11 @@ class DataConfig:
     train_split: str = "train"
     """Split used for training."""
     eval_split: str | None = None
-    """Split used for evaluation; None evaluates on nothing. For a local file, an `eval_path` or a held-out slice."""
+    """Split used for evaluation (of `eval_path` when that is a hub dataset, else of `path`); None evaluates on nothing.
+    For a local file, an `eval_path` or a held-out slice."""
     eval_path: str | None = None
-    """Local file for evaluation when `path` is a local file; None holds out `eval_holdout` rows of it."""
+    """Evaluation data: a local file, or a different hub dataset (e.g. `HuggingFaceH4/MATH-500`, its `eval_split`);
+    None holds out `eval_holdout` rows of a local `path`, or uses `eval_split` of a hub `path`."""
     eval_holdout: int = 0
     """Rows held out of a local training file for evaluation when no `eval_path` is given."""
     prompt_column: str = "prompt"
@@ -74,6 +90,8 @@ class RewardSpec:
 def reward_spec(name: str, entry: Any) -> RewardSpec:
     """One `reward.funcs` entry checked against RewardSpec (an open dict there, so the CLI can add rewards)."""
     try:
+        if isinstance(entry, DictConfig):  # resolve `${sampler.max_tokens}` etc. against the whole config
+            entry = OmegaConf.to_container(entry, resolve=True)
         spec = OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
         _ = spec.fn  # mandatory
     except Exception as err:
@@ -120,8 +138,9 @@ class SamplerConfig:
     """Maximum completion length in tokens."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; the completion ends before them (finish reason `stop`)."""
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=lambda: {"use_tqdm_on_load": False})
+    """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
+    default, which keeps vLLM's checkpoint-loading progress bar off the console."""
     sleep_level: int = 0
     """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
     weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
@@ -162,6 +181,18 @@ class AlgoConfig:
         default_factory=lambda: {"_target_": "grpo_cli.aggregation.SequenceMean"}
     )
     """How per-token losses become one number: a `_target_` from grpo_cli.aggregation (or your own)."""
+    batch_filter: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.filters.KeepAll"})
+    """Which scored groups are trained on: a `_target_` from grpo_cli.filters (KeepAll, SkipZeroStd, DynamicSampling)."""
+    kl_limit: float | None = None
+    """Mean per-token KL to the reference that `kl_action` watches (needs beta > 0); null = off."""
+    kl_action: str = "warn"
+    """Above kl_limit: warn (one line), stop (checkpoint, then exit naming the KL) or adapt (adaptive beta steering KL to kl_limit)."""
+    kl_horizon: float = 10000.0
+    """Adaptive KL controller's horizon in completions (Ziegler et al.): beta *= 1 + clip(KL/limit - 1, +-0.2) * n / horizon."""
+    ref_refresh_every: int = 0
+    """Every K steps the reference becomes `ref_refresh_alpha * policy + (1 - alpha) * reference`; 0 = frozen reference."""
+    ref_refresh_alpha: float = 1.0
+    """Mix of the refresh (TRL's ref_model_mixup_alpha); 1.0 copies the policy."""
 
 
 @dataclass
@@ -182,6 +213,8 @@ class LoggerConfig:
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    verbose: bool = False
+    """Also show engine and library logs (vLLM, transformers, W&B) on the console; they always go to `<run_dir>/train.log`."""
 
 
 @dataclass
@@ -229,6 +262,8 @@ class CheckpointConfig:
     """Save the final model."""
     keep_last: int = 2
     """Keep the newest N `step_*` checkpoints (plus `final`); 0 keeps all."""
+    merged: bool = False
+    """With LoRA (model.lora.r > 0), also save the merged model in `merged/` next to the adapter."""
 
 
 @dataclass
@@ -309,6 +344,19 @@ def validate(cfg: DictConfig) -> None:
         _check(a.epsilon_high >= a.epsilon, "algo.epsilon_high", a.epsilon_high, f"must be >= algo.epsilon ({a.epsilon})")
     _check(a.num_iterations >= 1, "algo.num_iterations", a.num_iterations, "must be >= 1")
     _check(a.adv_eps >= 0, "algo.adv_eps", a.adv_eps, "must be >= 0")
+    _check(a.kl_action in ("warn", "stop", "adapt"), "algo.kl_action", a.kl_action, "must be one of warn, stop, adapt")
+    if a.kl_limit is not None:
+        _check(a.kl_limit > 0, "algo.kl_limit", a.kl_limit, "must be > 0 or null")
+        _check(a.beta > 0, "algo.kl_limit", a.kl_limit, "needs algo.beta > 0 (the KL is measured against the reference beta loads)")
+    _check(a.kl_horizon > 0, "algo.kl_horizon", a.kl_horizon, "must be > 0")
+    _check(a.ref_refresh_every >= 0, "algo.ref_refresh_every", a.ref_refresh_every, "must be >= 0 (0 = frozen reference)")
+    if a.ref_refresh_every:
+        _check(a.beta > 0, "algo.ref_refresh_every", a.ref_refresh_every, "needs algo.beta > 0 (with beta = 0 there is no reference)")
+    draws = a.batch_filter.get("max_extra_draws")
+    if draws is not None:
+        _check(isinstance(draws, int) and draws >= 0, "algo.batch_filter.max_extra_draws", draws, "must be an integer >= 0")
+    _check(0 < a.ref_refresh_alpha <= 1, "algo.ref_refresh_alpha", a.ref_refresh_alpha, "must be in (0, 1]")
+    _check(cfg.model.lora.r >= 0, "model.lora.r", cfg.model.lora.r, "must be >= 0 (0 = no adapters)")
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, "must be >= 0 (0 disables clipping)")

@@ -85,8 +85,8 @@ def _check_json_lines(local: Path, key: str, path: str) -> None:
 def load_splits(cfg: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Training rows and evaluation rows (or None) as `data` describes them."""
     train = load_table(cfg.path, cfg.name, cfg.train_split)
-    if cfg.eval_path is not None:
-        return train, load_table(cfg.eval_path, key="data.eval_path")
+    if cfg.eval_path is not None:  # a local file, or another hub dataset (its `eval_split`)
+        return train, load_table(cfg.eval_path, split=cfg.eval_split or "train", key="data.eval_path")
     if Path(cfg.path).expanduser().exists():
         if cfg.eval_holdout <= 0:
             return train, None
@@ -147,24 +147,61 @@ class PromptFormatter:
         return self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
 
     def __call__(self, row: dict) -> str:
-        text = self.cfg.prompt_template.format(**{**row, "prompt": row[self.cfg.prompt_column]})
-        if not self.chat:
-            return text
-        messages = [{"role": "user", "content": text}]
-        if self.cfg.system_prompt:
+        """The text the model sees. A string prompt goes through `prompt_template`; a list of chat
+        messages (TRL's conversational format) is used as is. Either is wrapped in the chat
+        template; `system_prompt` is added unless the messages bring their own system message."""
+        value = row[self.cfg.prompt_column]
+        if isinstance(value, list):
+            if not self.chat:
+                raise DataError(
+                    f"data.prompt_column={self.cfg.prompt_column!r} holds chat messages, which need a chat "
+                    "template: use a tokenizer that has one and data.use_chat_template=true"
+                )
+            messages = [dict(m) for m in value]
+        else:
+            text = self.cfg.prompt_template.format(**{**row, "prompt": value})
+            if not self.chat:
+                return text
+            messages = [{"role": "user", "content": text}]
+        if self.cfg.system_prompt and not any(m.get("role") == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _repeat(values: list, n: int) -> list:
+    return [v for v in values for _ in range(n)]
+
+
 @dataclass
 class PromptBatch:
-    prompts: list[str]  # [B] formatted prompt texts
+    prompts: list[str]  # [B] formatted prompt texts, what the model sees
     columns: dict[str, list]  # every dataset column, each [B], passed to the rewards
+    conversational: bool = False  # the prompt column holds chat messages (TRL's conversational format)
+    prompt_column: str = "prompt"
+
+    def repeat(self, n: int) -> PromptBatch:
+        """Each row n times in a row (prompt-major, like Rollouts: completion j of row i is at i * n + j)."""
+        return PromptBatch(_repeat(self.prompts, n), {k: _repeat(v, n) for k, v in self.columns.items()},
+                           self.conversational, self.prompt_column)
+
+    @property
+    def reward_prompts(self) -> list:
+        """What rewards get as `prompts` (as TRL passes them): the chat messages of a conversational
+        dataset, the formatted prompt text otherwise."""
+        return self.columns[self.prompt_column] if self.conversational else self.prompts
+
+    def reward_completions(self, texts: list[str]) -> list:
+        """What rewards get as `completions`: one assistant message per completion for a
+        conversational dataset (as TRL passes them), the text otherwise."""
+        return [[{"role": "assistant", "content": t}] for t in texts] if self.conversational else texts
 
 
 def as_batch(table: datasets.Dataset, format_prompt: PromptFormatter) -> PromptBatch:
     rows = table.to_list()
-    return PromptBatch([format_prompt(r) for r in rows], {c: table[c] for c in table.column_names})
+    column = format_prompt.cfg.prompt_column
+    conversational = bool(rows) and isinstance(rows[0][column], list)
+    return PromptBatch([format_prompt(r) for r in rows], {c: table[c] for c in table.column_names},
+                       conversational, column)
 
 
 class PromptStream:

@@ -9,18 +9,13 @@ from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
 
-def repeat_columns(columns: dict[str, list], n: int) -> dict[str, list]:
-    """Each row's columns repeated for its n completions (prompt-major, like Rollouts)."""
-    return {k: [v for v in values for _ in range(n)] for k, values in columns.items()}
-
-
 def evaluate(
     sampler: VLLMSampler, batch: PromptBatch, prompt_ids: list[list[int]], rewards: Rewards,
     accuracy_reward: str, pass_k: int, temperature: float, max_tokens: int | None,
 ) -> dict[str, float]:
     """`eval/accuracy`: share of prompts whose greedy completion scores 1.0 on `accuracy_reward`."""
     greedy = sampler.generate(prompt_ids, n=1, temperature=0.0, max_tokens=max_tokens)
-    scores = rewards(batch.prompts, greedy.texts, batch.columns)
+    scores = rewards(batch, greedy)
     correct = scores.per_reward[accuracy_reward] == 1.0  # [P]
     out = {
         "eval/accuracy": correct.float().mean().item(),
@@ -29,8 +24,7 @@ def evaluate(
     }
     if pass_k > 0:
         sampled = sampler.generate(prompt_ids, n=pass_k, temperature=temperature, max_tokens=max_tokens)
-        prompts = [p for p in batch.prompts for _ in range(pass_k)]
-        k_scores = rewards(prompts, sampled.texts, repeat_columns(batch.columns, pass_k))
+        k_scores = rewards(batch.repeat(pass_k), sampled)
         hits = (k_scores.per_reward[accuracy_reward] == 1.0).view(-1, pass_k)  # [P, k]
         out[f"eval/pass@{pass_k}"] = hits.any(-1).float().mean().item()
     return out

@@ -18,6 +18,7 @@ from transformers import get_scheduler
 
 from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
+from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
 
@@ -88,6 +89,8 @@ class Learner:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
+        # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
+        self.peft = apply_lora(self.policy, cfg.model.lora) if cfg.model.lora.r else None
         # The reference is only needed for the KL term.
         self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
                     if cfg.algo.beta > 0 else None)
@@ -184,17 +187,33 @@ class Learner:
             torch.cuda.synchronize(self.device)
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's parameters by name, for the sampler."""
+        """The policy's parameters by the base model's names (LoRA merged in), for the sampler."""
+        if self.peft is not None:
+            yield from merged_weights(self.policy)
+            return
         for name, tensor in self.policy.state_dict().items():
             yield name, tensor.detach()
 
+    @property
+    def checkpoint_model(self) -> torch.nn.Module:
+        """What a checkpoint saves: the PeftModel (the adapter) with LoRA, else the policy."""
+        return self.peft if self.peft is not None else self.policy
+
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        if self.peft is not None:  # LoRA: the checkpoint's export is the adapter; resume from these
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.bad_steps.load_state_dict(state["bad_steps"])
+        if "trainable" in state:
+            with torch.no_grad():
+                params = dict(self.policy.named_parameters())
+                for name, value in state["trainable"].items():
+                    params[name].copy_(value)

@@ -1,4 +1,8 @@
-"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console."""
+"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console.
+
+The console (stderr) shows a short header, the progress bar, evaluations as they come and the final
+table; engine and library logs go to the run's log file (grpo_cli.console).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from grpo_cli.console import LOG_FILE, is_verbose
 
 console = Console(stderr=True)
 
@@ -40,9 +46,12 @@ def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, wandb_id: str | None = None):
-        """`wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None),
+                 wandb_id: str | None = None):
+        """`rows`: training rows and evaluation rows (None: no evaluation), for the header.
+        `wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
         self.cfg, self.run_dir = cfg.logger, run_dir
+        self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
@@ -52,11 +61,11 @@ class RunLogger:
                     project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
                     name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
                     id=wandb_id, resume="allow" if wandb_id else None,
+                    settings=wandb.Settings(silent=not is_verbose(self.cfg)),
                 )
             except Exception as err:  # no network, bad key, service down: the run goes on without W&B
                 self._wandb_failed("start", err)
-            if self.wandb is not None and mode == "offline":
-                console.print(f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+        self._header(cfg, run_dir, total_steps, rows, mode)
         self.progress = None
         if self.cfg.progress:
             self.progress = Progress(
@@ -72,9 +81,31 @@ class RunLogger:
         self.metrics_file.flush()
         self._wandb_log(metrics, step)
         if self.progress is not None and "reward/mean" in metrics:
-            info = (f"reward {metrics['reward/mean']:.3f}  kl {metrics.get('kl/mean', 0.0):.4f}  "
-                    f"{metrics['time/step_s']:.2f} s/step")
+            info = (f"reward {metrics['reward/mean']:.3f}  acc {metrics.get(self.accuracy_key, float('nan')):.3f}  "
+                    f"kl {metrics.get('kl/mean', 0.0):.4f}  {metrics['time/step_s']:.2f} s/step")
             self.progress.update(self.task, completed=step, info=info)
+        if "eval/accuracy" in metrics:
+            extra = "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/accuracy")
+            console.print(f"eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}  {extra}", highlight=False)
+
+    def _header(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None], mode: str) -> None:
+        """A few lines saying what runs, where its files go and where its W&B run is."""
+        train_rows, eval_rows = rows
+        B, G = cfg.train.prompts_per_step, cfg.algo.group_size
+        evals = f", {eval_rows} eval rows" if eval_rows is not None else ", no evaluation"
+        if self.wandb is None:
+            wb = "disabled"
+        elif mode == "offline":
+            wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
+        else:
+            wb = f"{mode} {getattr(self.wandb, 'url', None) or '(no run URL yet)'}"
+        logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
+        for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
+                     f"  data    {cfg.data.path} ({train_rows} train rows{evals})",
+                     f"  steps   {total_steps} of B x G = {B} x {G} = {B * G} completions",
+                     f"  run dir {run_dir}{logs}",
+                     f"  W&B     {wb}"):
+            console.print(line, soft_wrap=True, highlight=False)
 
     def log_completions(self, step: int, rows: list[dict]) -> None:
         """A sample of completions: a wandb.Table, and completions.jsonl in the run dir."""

@@ -41,6 +41,19 @@ class SamplerError(UserError):
     pass
 
 
+def _shut_down(llm) -> None:
+    """Shut an engine down now, before the next one starts.
+
+    Left to the garbage collector, the engine client's finalizer runs whenever the last reference
+    goes (a traceback can hold one for a while) and its shutdown tears down vLLM's process-global
+    parallel state, by then the next engine's ("pipeline model parallel group is not
+    initialized"). Calling the finalizer runs it once, now, and never again.
+    """
+    finalizer = getattr(getattr(llm.llm_engine, "engine_core", None), "_finalizer", None)
+    if finalizer is not None:
+        finalizer()
+
+
 class VLLMSampler:
     def __init__(self, cfg: DictConfig, model_cfg: DictConfig):
         if cfg.sleep_level and not torch.cuda.is_available():
@@ -72,7 +85,9 @@ class VLLMSampler:
         )
         key = repr(sorted(args.items()))
         if key not in _ENGINES:
-            _ENGINES.clear()  # at most one engine alive: a sweep's next job with new engine args
+            for old in _ENGINES.values():  # at most one engine alive: a sweep's next job with new engine args
+                _shut_down(old)
+            _ENGINES.clear()
             _ENGINES[key] = LLM(**args)
         return _ENGINES[key]
 

@@ -71,8 +71,8 @@ def _first_token_prob(model_dir, tok, prompt, token):
     return logits.softmax(-1)[tok.convert_tokens_to_ids(token)].item()
 
 
-def test_grpo_raises_the_probability_of_the_rewarded_first_token(tiny_overrides, tiny_model, tmp_path):
-    cfg = compose(tiny_overrides + [
+def test_grpo_raises_the_probability_of_the_rewarded_first_token(tiny_overrides, tiny_model, tmp_path, learner_device):
+    cfg = compose(tiny_overrides + [f"train.device={learner_device}",
         "~reward.funcs.correct", "+reward.funcs.first.fn=tests.test_engine.first_is_target", "reward.accuracy=first",
         "train.max_steps=6", "train.prompts_per_step=8", "algo.group_size=8", "optim.lr=5e-3",
         "sampler.temperature=1.5", "algo.beta=0.0",

@@ -1,5 +1,13 @@
-"""Rewards: named callables `fn(prompts, completions, **columns) -> list[float | None]`, combined
-with weights. Each is logged on its own; None means "not applicable" and is left out."""
+"""Rewards: named callables combined with weights. Each is logged on its own; None means "not
+applicable" and is left out.
+
+Rewards are called the way TRL's GRPOTrainer calls them, so a reward written for TRL works here
+unchanged: `fn(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]`,
+where `columns` are the dataset's columns (all but `prompt`, `completion` and `completion_ids`),
+one value per completion. For a conversational dataset (a `prompt` column of chat messages)
+`prompts` are the message lists and each completion is `[{"role": "assistant", "content": text}]`;
+otherwise both are strings. `completion_text` turns either form into text.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import get_object, instantiate
@@ -15,7 +24,18 @@ from omegaconf import DictConfig
 from grpo_cli.config import reward_spec
 from grpo_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from grpo_cli.data import PromptBatch
+    from grpo_cli.sampler import Rollouts
+
 RewardFn = Callable[..., list]
+# TRL passes these as arguments of their own, never as dataset columns.
+_NOT_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+def completion_text(completion: str | list[dict]) -> str:
+    """A completion as text: itself, or the content of the last message of a conversational one."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
 class RewardError(UserError):
@@ -59,7 +79,11 @@ class Rewards:
     def names(self) -> list[str]:
         return list(self.funcs)
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
+    def __call__(self, batch: PromptBatch, rollouts: Rollouts) -> RewardResult:
+        """Score `rollouts` ([N]) of `batch` (its rows repeated to [N], as `PromptBatch.repeat` does)."""
+        prompts, completions = batch.reward_prompts, batch.reward_completions(rollouts.texts)
+        columns = {k: v for k, v in batch.columns.items() if k not in _NOT_COLUMNS}
+        columns["completion_ids"] = rollouts.completion_ids
         errors = {}
         per_reward = {name: self._score(name, fn, prompts, completions, columns, errors)
                       for name, (fn, _) in self.funcs.items()}
@@ -70,7 +94,7 @@ class Rewards:
 
     def _score(self, name, fn, prompts, completions, columns, errors: dict[str, int]) -> torch.Tensor:
         try:
-            values = fn(prompts, completions, **columns)
+            values = fn(prompts=prompts, completions=completions, **columns)
         except Exception as err:
             return self._failed(name, err, len(completions), errors)
         self.failures_in_a_row[name] = errors[name] = 0

@@ -6,6 +6,7 @@ the prompt, to see whether the chat template already opened the `<think>` block)
 
 from __future__ import annotations
 
+from grpo_cli.rewards import completion_text
 from grpo_cli.rewards.gsm8k import normalize_number
 
 
@@ -21,7 +22,7 @@ class AnswerFormat:
         self.__name__ = "answer_format"
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
-        return [self.value if _ends_with_answer(c) else 0.0 for c in completions]
+        return [self.value if _ends_with_answer(completion_text(c)) else 0.0 for c in completions]
 
 
 def _ends_with_answer(completion: str) -> bool:
@@ -44,7 +45,7 @@ class ThinkFormat:
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
         return [
-            self.value if _has_think_before_answer(p, c) else 0.0
+            self.value if _has_think_before_answer(completion_text(p), completion_text(c)) else 0.0
             for p, c in zip(prompts, completions)
         ]
 
@@ -62,3 +63,19 @@ def _has_think_before_answer(prompt: str, completion: str) -> bool:
         return False
     after = completion[closed + len("</think>") :]
     return bool(after.strip()) and ("####" not in completion or "####" in after)
+
+
+class Boxed:
+    """Reward `value` when the completion puts a non-empty answer in `\\boxed{...}`, else 0.0."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+        self.__name__ = "boxed_format"
+
+    def __call__(self, prompts: list, completions: list, **columns: list) -> list[float]:
+        return [self.value if _has_boxed(completion_text(c)) else 0.0 for c in completions]
+
+
+def _has_boxed(completion: str) -> bool:
+    start = completion.rfind("\\boxed{")
+    return start >= 0 and bool(completion[start + len("\\boxed{"):].partition("}")[0].strip())

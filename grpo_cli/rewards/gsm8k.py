@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from grpo_cli.rewards import completion_text
+
 # A number as written inside text: optional minus (not a subtraction like "5-3"), optional "$",
 # digits with optional thousands separators, optional decimals. It never starts inside another
 # number and a sentence-ending period ("is 42.") is not part of it.
@@ -109,6 +111,7 @@ class Correctness:
             )
         rewards: list[float | None] = []
         for completion, answer in zip(completions, golds):
+            completion = completion_text(completion)
             gold = extract_gold(answer)
             if gold is None:
                 rewards.append(None)
