@@ -240,6 +240,15 @@ class TrainConfig:
     max_bad_steps: int = 3
     """Optimiser steps with NaN/Inf gradients are skipped (counted in `bad_steps`); after this many in a
     row the run stops with a checkpoint. 0 never stops."""
+    pack_sequences: bool = True
+    """Pack each micro-batch's sequences end to end into rows (per-sequence position ids, a
+    block-diagonal causal mask) so no forward/backward compute goes to padding; false pads every
+    sequence to the longest (bench-cpu on CPU: learner 2.7 s -> 1.5 s per step). The padded-token
+    fraction is logged as learner/pad_frac."""
+    compile: bool = False
+    """torch.compile the policy's and reference's transformer (dynamic shapes), fusing the many
+    small element-wise ops. Costs a one-off compile (~40 s on 2 CPU cores), then bench-cpu's
+    learner step drops ~20 %: worth it for runs of more than a few minutes."""
 
 
 @dataclass

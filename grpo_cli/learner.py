@@ -21,6 +21,7 @@ from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
+from grpo_cli.packing import pack_ids, plan, unpack
 
 
 @dataclass
@@ -109,20 +110,43 @@ class Learner:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
         )
+        # The transformer of each model (compiled or not) by model; lm_head runs in token_logprobs.
+        self.backbones = {}
+        for model in (self.policy, self.ref):
+            if model is not None:
+                backbone = split_lm(model)[0]
+                self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
+        self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
 
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch) -> torch.Tensor:
         """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T]."""
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
-        # Positions count real tokens only, so left padding does not shift RoPE.
-        positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
         backbone, lm_head = split_lm(model)
+        backbone = self.backbones.get(model, backbone)  # compiled for the policy and reference (train.compile)
         with self.autocast():
-            hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+            if self.cfg.train.pack_sequences:  # grpo_cli/packing.py: rows of whole sequences, no padding
+                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1])
+                slots = (pk.real_tokens, pk.src.numel())
+                pk = pk.to(ids.device)
+                # use_cache=False: with a KV cache, transformers does not look for packed sequences.
+                hidden = backbone(input_ids=pack_ids(ids, pk, 0), position_ids=pk.position_ids,
+                                  use_cache=False).last_hidden_state  # [R, L, H]
+                hidden = hidden.flatten(0, 1)[pk.predict]  # [M, H] the positions predicting completion tokens
+                targets = ids[:, -t:][pk.rows, pk.cols]  # [M]
+            else:
+                # Positions count real tokens only, so left padding does not shift RoPE.
+                positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
+                slots = (int(mb.prompt_lens.sum() + mb.completion_lens.sum()), ids.numel())
+                hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions,
+                                  use_cache=False).last_hidden_state[:, -t - 1 : -1]  # [n, T, H]
+                targets = ids[:, -t:]  # [n, T]
             # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
-            logp, _ = token_logprobs(hidden[:, -t - 1 : -1], lm_head, ids[:, -t:], self.temperature,
-                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [n, T]
-        return logp
+            logp, _ = token_logprobs(hidden, lm_head, targets, self.temperature,
+                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [M] or [n, T]
+        if model is self.policy and torch.is_grad_enabled():
+            self.tokens += torch.tensor(slots)
+        return unpack(logp, pk, len(mb), t) if self.cfg.train.pack_sequences else logp  # [n, T]
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -138,6 +162,7 @@ class Learner:
         Returns the step's metrics as 0-dim tensors on the device (nothing here waits for it).
         """
         batch = batch.to(self.device)  # the one host -> device copy of the step
+        self.tokens.zero_()
         n, mu = len(batch), self.cfg.algo.num_iterations
         opt_bs = min(self.cfg.train.optim_batch_size or n, n)
         mask = batch.completion_mask  # [N, T]
@@ -171,6 +196,8 @@ class Learner:
             "lr": self.scheduler.get_last_lr()[0],  # a host float already
             "logprob_drift/mean": drift_sum / mask.sum().clamp_min(1.0),
             "logprob_drift/max": drift_max,
+            # Share of the policy forward's token slots that were padding (packing keeps it small).
+            "learner/pad_frac": 1.0 - float(self.tokens[0] / self.tokens[1].clamp_min(1.0)),
         }
 
     def _optimizer_step(self) -> torch.Tensor:
