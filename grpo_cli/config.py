@@ -312,8 +312,8 @@ class Config:
     resume: str | None = None
     """Continue a run from its newest complete checkpoint: a run dir (`resume=outputs/...`, which also
     becomes this run's dir), or `auto` (continue if `hydra.run.dir` already holds a checkpoint, else
-    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, logger.*, eval.* and
-    checkpoint.* may differ from the checkpoint's config."""
+    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, train.device, logger.*,
+    eval.*, checkpoint.*, reward.max_failures_in_a_row and run_name may differ from the checkpoint's config."""
 
 
 def register_configs() -> None:

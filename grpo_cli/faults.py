@@ -25,31 +25,39 @@ class RunStopped(UserError):
 class BadStepGuard:
     """Skips optimiser steps whose gradient norm is NaN/Inf and counts them.
 
-    `check(norm)` says whether the step may be applied. After `max_bad` skipped steps in a row
-    (0 = never) `exhausted` is true and the run stops.
+    With a fused optimiser the skip happens on the device (the kernel's `found_inf` input, as
+    GradScaler uses it), so no host sync; other optimisers read the norm on the host once per
+    optimiser step. The counts stay 0-dim tensors until the loop reads them once per step.
+    After `max_bad` skipped steps in a row (0 = never) `exhausted` is true and the run stops.
     """
 
     def __init__(self, max_bad: int):
-        self.max_bad, self.in_a_row, self.total = max_bad, 0, 0
+        self.max_bad, self.in_a_row, self.total = max_bad, torch.zeros(()), torch.zeros(())
 
-    def check(self, grad_norm: float | torch.Tensor) -> bool:
-        # Skipping an update needs the norm's value on the host: one sync per optimiser step.
-        if math.isfinite(float(grad_norm)):
-            self.in_a_row = 0
-            return True
-        self.in_a_row += 1
-        self.total += 1
-        return False
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
+        """`optimizer.step()`, unless `grad_norm` (0-dim, on the device) is NaN/Inf."""
+        bad = (~torch.isfinite(grad_norm)).float()  # 0-dim, on the device
+        self.in_a_row = (self.in_a_row.to(bad.device) + 1) * bad
+        self.total = self.total.to(bad.device) + bad
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = bad  # the fused kernel leaves params and state alone when it is 1
+            optimizer.step()
+        elif self.finite_on_host(grad_norm):
+            optimizer.step()
+
+    @staticmethod
+    def finite_on_host(grad_norm: torch.Tensor) -> bool:
+        return math.isfinite(float(grad_norm))
 
     @property
     def exhausted(self) -> bool:
-        return self.max_bad > 0 and self.in_a_row >= self.max_bad
+        return self.max_bad > 0 and int(self.in_a_row) >= self.max_bad
 
     def state_dict(self) -> dict:
-        return {"in_a_row": self.in_a_row, "total": self.total}
+        return {"in_a_row": int(self.in_a_row), "total": int(self.total)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.in_a_row, self.total = state["in_a_row"], state["total"]
+        self.in_a_row, self.total = torch.tensor(float(state["in_a_row"])), torch.tensor(float(state["total"]))
 
 
 class StopSignals:
@@ -90,7 +98,7 @@ def stop_reason(signals: StopSignals, guard: BadStepGuard | None, rewards) -> tu
     if signals.received:
         return f"{signals.received} received", signals.exit_code
     if guard is not None and guard.exhausted:
-        return f"{guard.in_a_row} optimiser steps in a row had NaN/Inf gradients (train.max_bad_steps={guard.max_bad})", 1
+        return f"{int(guard.in_a_row)} optimiser steps in a row had NaN/Inf gradients (train.max_bad_steps={guard.max_bad})", 1
     failing = getattr(rewards, "failing", None)
     if failing:
         return failing, 1

@@ -215,8 +215,7 @@ class Learner:
     def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
-        if self.bad_steps.check(norm):  # reads the value: the one host sync of an optimiser step
-            self.optimizer.step()
+        self.bad_steps.step(self.optimizer, norm)  # skipped when the norm is NaN/Inf
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()

@@ -33,8 +33,8 @@ STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
 LOGS = ("metrics.jsonl", "completions.jsonl")  # appended every step; cut back to the checkpoint on resume
 # Keys a resumed run may change; everything else must match the checkpoint's config.
-RESUMABLE = ("resume", "train.max_steps", "train.epochs", "train.max_bad_steps", "logger", "eval", "checkpoint",
-             "run_name")
+RESUMABLE = ("resume", "train.max_steps", "train.epochs", "train.max_bad_steps", "train.device", "logger", "eval",
+             "checkpoint", "reward.max_failures_in_a_row", "run_name")
 
 
 class CheckpointError(UserError):

@@ -131,3 +131,15 @@ def test_wandb_that_cannot_start_or_log_warns_once_and_logs_locally(tiny_overrid
     logger.close()
     assert capsys.readouterr().err.count("W&B could not log (ConnectionError: W&B service error 503)") == 1
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_wandb_online_with_a_bad_key_and_no_server_does_not_stop_the_run(tiny_overrides, tmp_path, monkeypatch, capsys):
+    """The real thing, no stand-ins: W&B online, a key that cannot authenticate, a server that refuses
+    connections. W&B gives up after WANDB_INIT_TIMEOUT (90 s by default; 5 s here)."""
+    for key, value in {"WANDB_MODE": "online", "WANDB_API_KEY": "bad-key-" + "0" * 32,
+                       "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(key, value)
+    run(compose(tiny_overrides + ["logger.wandb_mode=online"]), run_dir=tmp_path)
+    assert capsys.readouterr().err.count("W&B could not start") == 1
+    assert [m["step"] for m in _steps(tmp_path)] == [1, 2]
