@@ -7,7 +7,9 @@ table; engine and library logs go to the run's log file (grpo_cli.console).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import wandb
@@ -17,8 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from grpo_cli.console import LOG_FILE, is_verbose
+from grpo_cli.report import draw
+from grpo_cli.sweep import job_sweep
 
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def _wandb_mode(mode: str) -> str:
@@ -31,20 +36,39 @@ def _wandb_mode(mode: str) -> str:
     return "online" if has_key else "offline"
 
 
+def _md_cell(value) -> str:
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 class RunLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None)):
         """`rows`: training rows and evaluation rows (None: no evaluation), for the header."""
         self.cfg, self.run_dir = cfg.logger, run_dir
         self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
+        self.start, self.step = time.perf_counter(), 0
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
+            config, group, tags = OmegaConf.to_container(cfg, resolve=True), self.cfg.group, list(self.cfg.tags)
+            sweep = job_sweep()
+            if sweep is not None:  # a job of `grpo-train -m`: one run in the sweep's group
+                name, swept = sweep
+                group = group or name
+                tags += [f"{k}={v}" for k, v in swept.items()]
+                config["sweep"] = {"name": name, "swept": swept}
             self.wandb = wandb.init(
-                project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
-                name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
+                project=self.cfg.project, entity=self.cfg.entity, group=group, tags=tags,
+                name=cfg.run_name, mode=mode, dir=str(run_dir), config=config,
                 settings=wandb.Settings(silent=not is_verbose(self.cfg)),
             )
+            log.info("W&B run %s: mode=%s group=%s tags=%s", self.wandb.id, mode, group, tags)
+        self.tensorboard = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         self._header(cfg, run_dir, total_steps, rows, mode)
         self.progress = None
         if self.cfg.progress:
@@ -56,10 +80,14 @@ class RunLogger:
             self.progress.start()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.step = step
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
         if self.progress is not None and "reward/mean" in metrics:
             info = (f"reward {metrics['reward/mean']:.3f}  acc {metrics.get(self.accuracy_key, float('nan')):.3f}  "
                     f"kl {metrics.get('kl/mean', 0.0):.4f}  {metrics['time/step_s']:.2f} s/step")
@@ -96,6 +124,11 @@ class RunLogger:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
             self.wandb.log({"completions": table}, step=step)
+        if self.tensorboard is not None and rows:  # a markdown table in TensorBoard's Text tab
+            columns = list(rows[0])
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_md_cell(r[c]) for c in columns) + " |" for r in rows]
+            self.tensorboard.add_text("completions", "\n".join(lines), step)
 
     def print_table(self, title: str, values: dict[str, float]) -> None:
         table = Table(title=title)
@@ -106,8 +139,13 @@ class RunLogger:
         console.print(table)
 
     def close(self) -> None:
+        """Stop the bar, record the wall time, draw report.png, close W&B and TensorBoard."""
         if self.progress is not None:
             self.progress.stop()
+        self.log(self.step, {"time/wall_s": time.perf_counter() - self.start})
         self.metrics_file.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        draw([self.run_dir], self.run_dir / "report.png")
