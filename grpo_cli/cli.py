@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grpo_cli.config import exit_on_config_error, register_configs
 from grpo_cli.console import is_verbose, quiet_before_imports
 from grpo_cli.errors import UserError
+from grpo_cli.faults import RunStopped
 from grpo_cli.paths import config_dir
 
 register_configs()
@@ -24,13 +26,25 @@ def _run(cfg: DictConfig) -> float | None:
     from grpo_cli.train import run  # heavy imports (torch, vllm) only once the config is good
 
     try:
-        return run(cfg)
+        return run(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except RunStopped as err:  # Ctrl-C, SIGTERM, a fault: a checkpoint was written; say how to go on
+        print(f"grpo-train: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except UserError as err:  # the user's data, reward or model: one line, no traceback
         print(f"grpo-train: error: {err}", file=sys.stderr)
         sys.exit(1)
 
 
+def _resume_in_place(argv: list[str]) -> list[str]:
+    """`resume=DIR` continues in DIR: Hydra picks the run dir before our code runs, so tell it here."""
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if dirs and dirs[-1] not in ("auto", "null") and not any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv + [f"hydra.run.dir={dirs[-1]}"]
+    return argv
+
+
 def train_main() -> None:
+    sys.argv[1:] = _resume_in_place(sys.argv[1:])
     _run()
 
 

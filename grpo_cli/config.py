@@ -56,7 +56,7 @@ class DataConfig:
     prompt_column: str = "prompt"
     """Column holding the prompt text; every other column is passed to the rewards by name."""
     prompt_template: str = "{prompt}"
-    """Python format string for the user message; `{prompt}` is the prompt column's text."""
+    """Python format string for the user message; `{prompt}` is the prompt column's text, `{name}` any other column."""
     system_prompt: str | None = None
     """Optional system message (used only with a chat template)."""
     use_chat_template: bool = True
@@ -93,6 +93,9 @@ class RewardConfig:
     `+reward.funcs.NAME.fn=my.module.fn`."""
     accuracy: str | None = None
     """Reward whose value 1.0 counts as correct for `eval/accuracy` and pass@k; None uses the first reward."""
+    max_failures_in_a_row: int = 3
+    """A reward that raises gets None for that call (counted in `reward/NAME/errors`); after this many
+    failed calls in a row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -122,6 +125,10 @@ class SamplerConfig:
     engine_kwargs: dict[str, Any] = field(default_factory=lambda: {"use_tqdm_on_load": False})
     """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
     default, which keeps vLLM's checkpoint-loading progress bar off the console."""
+    sleep_level: int = 0
+    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
+    weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
+    (they are pushed from the learner after waking anyway)."""
 
 
 @dataclass
@@ -198,6 +205,15 @@ class TrainConfig:
     """Passes over the training data when `max_steps` is 0."""
     autocast_dtype: str | None = None
     """Run the learner's matmuls under torch.autocast with this dtype (e.g. bfloat16); log-softmax, ratios and KL stay fp32."""
+    device: str = "auto"
+    """Where the learner (policy, reference, optimiser state, every tensor of a step) lives:
+    auto (CUDA when available, else cpu), cpu, cuda or cuda:N."""
+    logprob_chunk_mib: int = 256
+    """lm_head + log-softmax run over chunks of tokens whose fp32 logits take at most this many MiB
+    (forward and backward); the full [tokens, vocab] logits never exist."""
+    max_bad_steps: int = 3
+    """Optimiser steps with NaN/Inf gradients are skipped (counted in `bad_steps`); after this many in a
+    row the run stops with a checkpoint. 0 never stops."""
 
 
 @dataclass
@@ -218,6 +234,8 @@ class CheckpointConfig:
     """Save a checkpoint every N steps; 0 saves only at the end."""
     final: bool = True
     """Save the final model."""
+    keep_last: int = 2
+    """Keep the newest N `step_*` checkpoints (plus `final`); 0 keeps all."""
 
 
 @dataclass
@@ -238,6 +256,11 @@ class Config:
     """Only evaluate `model.path` on the eval split, no training."""
     run_name: str | None = None
     """Name of the run in W&B; None lets W&B pick one."""
+    resume: str | None = None
+    """Continue a run from its newest complete checkpoint: a run dir (`resume=outputs/...`, which also
+    becomes this run's dir), or `auto` (continue if `hydra.run.dir` already holds a checkpoint, else
+    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, logger.*, eval.* and
+    checkpoint.* may differ from the checkpoint's config."""
 
 
 def register_configs() -> None:
@@ -265,6 +288,19 @@ def _check_source(key: str, value: str | None) -> None:
     _check(bool(_HUB_ID.match(value)), key, value, "no such file or directory (and not a hub id)")
 
 
+def _check_target(key: str, node: Any) -> None:
+    """A `_target_` must import: say so now, not as an instantiate traceback after the engine started."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    _check(target is not None, f"{key}._target_", target, "is required (a dotted path to a class)")
+    try:
+        get_object(target)
+    except Exception as err:
+        msg = (str(err.__cause__ or err).splitlines() or [""])[0][:160]
+        _check(False, f"{key}._target_", target, f"cannot be imported ({msg})")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on a missing mandatory value or the first out-of-range value."""
     # Only our own nodes: hydra.* holds interpolations that resolve only inside a job.
@@ -287,6 +323,8 @@ def validate(cfg: DictConfig) -> None:
     _check(s.temperature > 0, "sampler.temperature", s.temperature, "must be > 0")
     _check(0 < s.top_p <= 1, "sampler.top_p", s.top_p, "must be in (0, 1]")
     _check(s.top_k >= 0, "sampler.top_k", s.top_k, "must be >= 0 (0 disables)")
+    _check(s.sleep_level in (0, 1, 2), "sampler.sleep_level", s.sleep_level, "must be 0 (off), 1 or 2")
+    _check(t.logprob_chunk_mib >= 1, "train.logprob_chunk_mib", t.logprob_chunk_mib, "must be >= 1")
     _check(0 < s.gpu_memory_utilization <= 1, "sampler.gpu_memory_utilization", s.gpu_memory_utilization, "must be in (0, 1]")
     _check(s.max_model_len > s.max_tokens, "sampler.max_model_len", s.max_model_len, f"must exceed sampler.max_tokens ({s.max_tokens})")
     _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")
@@ -295,6 +333,15 @@ def validate(cfg: DictConfig) -> None:
         _check(t.optim_batch_size >= 1, "train.optim_batch_size", t.optim_batch_size, "must be >= 1 or null")
     _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
+    _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
+    _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
+    _check_target("optim.optimizer", o.optimizer)
+    _check_target("algo.aggregation", a.aggregation)
+    if cfg.resume not in (None, "auto"):
+        from grpo_cli.run_state import check_resume_dir
+
+        check_resume_dir(cfg.resume)
     for key, value in (("model.dtype", cfg.model.dtype), ("sampler.dtype", s.dtype)):
         _check(value in _DTYPES, key, value, f"must be one of {', '.join(_DTYPES)}")
     if t.autocast_dtype is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ def load_table(path: str, name: str | None = None, split: str = "train", key: st
         fmt = _LOCAL_FORMATS.get(local.suffix)
         if fmt is None:
             raise DataError(f"{key}={path!r}: unsupported file type {local.suffix!r}; use one of {', '.join(_LOCAL_FORMATS)}")
-        return datasets.load_dataset(fmt, data_files=str(local), split="train")
+        return _load_local(local, fmt, key, path)
     use_cache_if_offline()
     try:
         return datasets.load_dataset(path, name, split=split)
@@ -34,6 +37,49 @@ def load_table(path: str, name: str | None = None, split: str = "train", key: st
             f"{key}={path!r}: could not load split {split!r} from the Hugging Face hub "
             f"({type(err).__name__}); offline? pass {key}=/path/to/file.jsonl in the same schema"
         ) from err
+
+
+def _load_local(local: Path, fmt: str, key: str, path: str) -> datasets.Dataset:
+    """A local file, or a one-line DataError saying what is wrong with it (and where)."""
+    try:
+        if local.is_dir():
+            raise IsADirectoryError(f"{local} is a directory")
+        with open(local, "rb") as f:  # unreadable files fail here, with the OS's reason
+            empty = not f.read(1)
+        if empty:
+            raise DataError(f"{key}={path!r}: the file is empty")
+        if fmt == "json":
+            _check_json_lines(local, key, path)
+        table = datasets.load_dataset(fmt, data_files=str(local), split="train")
+    except DataError:
+        raise
+    except Exception as err:
+        cause = err.__cause__ or err
+        msg = (str(cause).splitlines() or [""])[0][:200]
+        raise DataError(f"{key}={path!r}: cannot read it ({type(cause).__name__}: {msg})") from err
+    if len(table) == 0:
+        raise DataError(f"{key}={path!r}: the file has no rows")
+    return table
+
+
+def _check_json_lines(local: Path, key: str, path: str) -> None:
+    """Name the first line of a .jsonl file that is not UTF-8 or not a JSON object."""
+    if local.suffix != ".jsonl":
+        return
+    with open(local, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise DataError(f"{key}={path!r}: line {n} is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})") from None
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{key}={path!r}: line {n} is not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{key}={path!r}: line {n} is a JSON {type(row).__name__}, not an object with columns")
 
 
 def load_splits(cfg: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -65,6 +111,35 @@ class PromptFormatter:
                 f"data.prompt_column={self.cfg.prompt_column!r} is not a column of the {what} data; "
                 f"columns: {', '.join(table.column_names)}"
             )
+        for name in self._template_fields():
+            if name != "prompt" and name not in table.column_names:
+                raise DataError(
+                    f"data.prompt_template={self.cfg.prompt_template!r} names {{{name}}}, which is not a column "
+                    f"of the {what} data; columns: {', '.join(table.column_names)} (and {{prompt}})"
+                )
+
+    def _template_fields(self) -> list[str]:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.cfg.prompt_template) if f is not None]
+        except ValueError as err:
+            raise DataError(f"data.prompt_template={self.cfg.prompt_template!r} is not a valid format string: {err}") from None
+        for f in fields:
+            if not f.isidentifier():
+                raise DataError(f"data.prompt_template={self.cfg.prompt_template!r}: {{{f}}} must be a plain column name")
+        return fields
+
+    def fit(self, table: datasets.Dataset, what: str, max_model_len: int) -> datasets.Dataset:
+        """Rows whose prompt leaves room for a completion in the engine; the rest are skipped, with a warning."""
+        lengths = [len(ids) for ids in self.encode([self(r) for r in table.to_list()])]
+        keep = [i for i, n in enumerate(lengths) if n < max_model_len]
+        if not keep:
+            raise DataError(f"every {what} prompt is at least sampler.max_model_len={max_model_len} tokens long "
+                            f"(shortest: {min(lengths)}); raise sampler.max_model_len or shorten the prompts")
+        if len(keep) < len(table):
+            print(f"grpo-train: warning: skipped {len(table) - len(keep)} of {len(table)} {what} prompts longer than "
+                  f"sampler.max_model_len={max_model_len} tokens", file=sys.stderr, flush=True)
+            table = table.select(keep)
+        return table
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids, made once and given to both sampler and learner so they see the same prompt."""
@@ -84,7 +159,7 @@ class PromptFormatter:
                 )
             messages = [dict(m) for m in value]
         else:
-            text = self.cfg.prompt_template.format(prompt=value)
+            text = self.cfg.prompt_template.format(**{**row, "prompt": value})
             if not self.chat:
                 return text
             messages = [{"role": "user", "content": text}]

@@ -1,26 +1,34 @@
-"""The learner: per-token log-probs of completions and the GRPO update of the policy."""
+"""The learner: per-token log-probs of completions and the GRPO update of the policy.
+
+Everything a step touches lives on `train.device`: the policy, the reference, the optimiser state
+and the rollout batch, which is built on the host once and moved once. The step's metrics stay
+on the device as 0-dim tensors; the logger copies them to the host once per step.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
+from grpo_cli.faults import BadStepGuard
+from grpo_cli.logprobs import token_logprobs
 from grpo_cli.loss import GRPOLoss, LossStats
-from grpo_cli.models import DTYPES, load_causal_lm
+from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
 
 
 @dataclass
 class RolloutBatch:
     """B*G sequences laid out as [left-padded prompt | right-padded completion].
 
-    Every prompt ends at column P, so the logits that predict completion tokens are the last
-    T + 1 positions but one, whatever each prompt's length.
+    Every prompt ends at column P, so the hidden states that predict completion tokens are the
+    last T + 1 positions but one, whatever each prompt's length. The lengths stay on the host
+    (plain tensors on the CPU), so cutting a micro-batch never waits for the device.
     """
 
     input_ids: torch.Tensor  # [N, P + T]
@@ -28,6 +36,8 @@ class RolloutBatch:
     completion_mask: torch.Tensor  # [N, T] 1.0 on completion tokens
     advantages: torch.Tensor  # [N]
     sampler_logp: torch.Tensor  # [N, T] the sampler's log-probs of the sampled tokens
+    prompt_lens: torch.Tensor  # [N] on the host
+    completion_lens: torch.Tensor  # [N] on the host
 
     @classmethod
     def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int) -> RolloutBatch:
@@ -41,30 +51,46 @@ class RolloutBatch:
             ids[i, p - len(pr) : p + len(co)] = torch.tensor(list(pr) + list(co))
             attn[i, p - len(pr) : p + len(co)] = 1
             logp[i, : len(lp)] = torch.tensor(lp)
-        return cls(ids, attn, attn[:, p:].float(), advantages.float(), logp)
+        lens = (torch.tensor([len(x) for x in prompt_ids]), torch.tensor([len(x) for x in completion_ids]))
+        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    _HOST = ("prompt_lens", "completion_lens")
+
+    def to(self, device: torch.device) -> RolloutBatch:
+        """The device tensors moved to `device` in one go; the lengths stay on the host."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self) if f.name not in self._HOST}
+        return replace(self, **moved)
+
     def select(self, idx: torch.Tensor) -> RolloutBatch:
-        """Rows `idx`, with the columns that are padding in all of them cut away."""
-        attn = self.attention_mask[idx]  # [n, P + T]
+        """Rows `idx` (a host tensor), with the columns that are padding in all of them cut away."""
         t_full = self.completion_mask.shape[1]
-        first = int(attn.any(0).nonzero()[0])  # first column any prompt of these rows uses
-        t = int(self.completion_mask[idx].sum(-1).max())  # longest completion among the rows
-        cols = slice(first, attn.shape[1] - t_full + t)
+        p_full = self.input_ids.shape[1] - t_full
+        first = p_full - int(self.prompt_lens[idx].max())  # first column any of these prompts uses
+        t = int(self.completion_lens[idx].max())  # longest completion among the rows
+        rows = idx.to(self.input_ids.device, non_blocking=True)
+        cols = slice(first, p_full + t)
         return RolloutBatch(
-            self.input_ids[idx, cols], attn[:, cols], self.completion_mask[idx, :t],
-            self.advantages[idx], self.sampler_logp[idx, :t],
+            self.input_ids[rows, cols], self.attention_mask[rows, cols], self.completion_mask[rows, :t],
+            self.advantages[rows], self.sampler_logp[rows, :t], self.prompt_lens[idx], self.completion_lens[idx],
         )
+
+
+def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """(backbone that returns hidden states, lm_head) of a transformers causal LM."""
+    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
 
 
 class Learner:
     def __init__(self, cfg: DictConfig, total_optim_steps: int):
         self.cfg = cfg
-        self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True)
+        self.device = resolve_device(cfg.train.device)
+        self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
         # The reference is only needed for the KL term.
-        self.ref = load_causal_lm(cfg.model, cfg.model.dtype, trainable=False) if cfg.algo.beta > 0 else None
+        self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
+                    if cfg.algo.beta > 0 else None)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = instantiate(cfg.optim.optimizer, params=params, lr=cfg.optim.lr)
         self.scheduler = get_scheduler(
@@ -74,8 +100,8 @@ class Learner:
         self.loss_fn = GRPOLoss(cfg.algo.epsilon, cfg.algo.epsilon_high, cfg.algo.beta)
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order; saved on resume
-        self.device = next(self.policy.parameters()).device
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)  # NaN/Inf gradients skip the update
         dtype = cfg.train.autocast_dtype
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
@@ -84,26 +110,31 @@ class Learner:
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch) -> torch.Tensor:
         """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T]."""
         t = mb.completion_mask.shape[1]
-        ids, attn = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
+        ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
         # Positions count real tokens only, so left padding does not shift RoPE.
         positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
+        backbone, lm_head = split_lm(model)
         with self.autocast():
-            out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1)
-        logits = out.logits[:, :-1].float() / self.temperature  # [n, T, V], fp32 from here on
-        targets = ids[:, -t:]  # [n, T]
-        # gather - logsumexp == log_softmax at the target, without a second [n, T, V] tensor.
-        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n, T]
+            hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+            # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
+            logp, _ = token_logprobs(hidden[:, -t - 1 : -1], lm_head, ids[:, -t:], self.temperature,
+                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [n, T]
+        return logp
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        out = torch.zeros_like(batch.completion_mask)  # [N, T]
+        out = torch.zeros_like(batch.completion_mask)  # [N, T] on the device
         for idx in torch.arange(len(batch)).split(self.cfg.train.micro_batch_size):
             mb = batch.select(idx)
-            out[idx, : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb).cpu()
+            out[idx.to(out.device), : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb)
         return out
 
-    def train_step(self, batch: RolloutBatch) -> dict[str, float]:
-        """mu passes over the batch in shuffled micro-batches, one optimiser step per optimiser batch."""
+    def train_step(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """mu passes over the batch in shuffled micro-batches, one optimiser step per optimiser batch.
+
+        Returns the step's metrics as 0-dim tensors on the device (nothing here waits for it).
+        """
+        batch = batch.to(self.device)  # the one host -> device copy of the step
         n, mu = len(batch), self.cfg.algo.num_iterations
         opt_bs = min(self.cfg.train.optim_batch_size or n, n)
         mask = batch.completion_mask  # [N, T]
@@ -111,43 +142,60 @@ class Learner:
         # pi_old is the policy that sampled; once an optimiser step has run within this batch the
         # current policy differs from it, so it needs its own no-grad forward.
         old_logp = self._frozen_logprobs(self.policy, batch) if (mu > 1 or opt_bs < n) else None
-        stats, grad_norms, loss_sum, drift_sum, drift_max = LossStats(), [], 0.0, 0.0, 0.0
+        zero = torch.zeros((), device=self.device)
+        stats, grad_norms, loss_sum, drift_sum, drift_max = LossStats(), [], zero, zero, zero
         for it in range(mu):
-            for chunk in torch.randperm(n, generator=self.generator).split(opt_bs):
-                weights = self.aggregation.weights(mask[chunk])  # [n_opt, T] over the optimiser batch
+            for chunk in torch.randperm(n, generator=self.generator).split(opt_bs):  # host indices
+                weights = self.aggregation.weights(mask[chunk.to(self.device)])  # [n_opt, T] over the optimiser batch
                 for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size):
-                    idx, mb = chunk[pos], batch.select(chunk[pos])
+                    idx, mb = chunk[pos].to(self.device), batch.select(chunk[pos])
                     t = mb.completion_mask.shape[1]
                     logp = self.completion_logprobs(self.policy, mb)  # [n, T]
                     old = old_logp[idx, :t] if old_logp is not None else logp.detach()
                     ref = ref_logp[idx, :t] if ref_logp is not None else None
-                    loss, s = self.loss_fn(logp, old, ref, mb.advantages, mb.completion_mask, weights[pos, :t])
+                    loss, s = self.loss_fn(logp, old, ref, mb.advantages, mb.completion_mask,
+                                           weights[pos.to(self.device), :t])
                     loss.backward()
-                    loss_sum += loss.item()
+                    loss_sum = loss_sum + loss.detach()
                     stats.add(s)
                     if it == 0:  # sampler vs learner log-probs of the same weights
-                        base = old if old_logp is not None else logp.detach()
-                        diff = (base - mb.sampler_logp).abs() * mb.completion_mask  # [n, T]
-                        drift_sum, drift_max = drift_sum + diff.sum().item(), max(drift_max, diff.max().item())
+                        diff = (old.detach() - mb.sampler_logp).abs() * mb.completion_mask  # [n, T]
+                        drift_sum, drift_max = drift_sum + diff.sum(), torch.maximum(drift_max, diff.amax())
                 grad_norms.append(self._optimizer_step())
-        metrics = stats.means() | {
+        return stats.means() | {
             "loss": loss_sum / len(grad_norms),  # mean over optimiser steps of each batch's loss
-            "grad_norm": sum(grad_norms) / len(grad_norms),
-            "lr": self.scheduler.get_last_lr()[0],
-            "logprob_drift/mean": drift_sum / max(mask.sum().item(), 1.0),
+            "grad_norm": torch.stack(grad_norms).mean(),
+            "lr": self.scheduler.get_last_lr()[0],  # a host float already
+            "logprob_drift/mean": drift_sum / mask.sum().clamp_min(1.0),
             "logprob_drift/max": drift_max,
         }
-        return metrics
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm).item()
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
+        if self.bad_steps.check(norm):  # reads the value: the one host sync of an optimiser step
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norm.detach()
+
+    def synchronize(self) -> None:
+        """Wait for the device (CUDA runs asynchronously); a no-op on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's parameters by name, for the sampler."""
         for name, tensor in self.policy.state_dict().items():
             yield name, tensor.detach()
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.bad_steps.load_state_dict(state["bad_steps"])

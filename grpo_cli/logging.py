@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console.
+"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, TensorBoard, report.png,
+and the console.
 
 The console (stderr) shows a short header, the progress bar, evaluations as they come and the final
 table; engine and library logs go to the run's log file (grpo_cli.console).
@@ -12,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import torch
 import wandb
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -36,14 +38,29 @@ def _wandb_mode(mode: str) -> str:
     return "online" if has_key else "offline"
 
 
+def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Floats for every value. The 0-dim tensors (the learner's live on its device) are stacked per
+    device and cross to the host in one copy each, so a step waits for the GPU once."""
+    out = dict(metrics)
+    by_device: dict[torch.device, list[str]] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        out |= dict(zip(keys, torch.stack([metrics[k].detach().float() for k in keys]).tolist()))
+    return out
+
+
 def _md_cell(value) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None)):
-        """`rows`: training rows and evaluation rows (None: no evaluation), for the header."""
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, wandb_id: str | None = None,
+                 rows: tuple[int, int | None] = (0, None)):
+        """`wandb_id`: continue this W&B run (a resumed run) instead of starting a new one.
+        `rows`: training rows and evaluation rows (None: no evaluation), for the header."""
         self.cfg, self.run_dir = cfg.logger, run_dir
         self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
@@ -58,12 +75,16 @@ class RunLogger:
                 group = group or name
                 tags += [f"{k}={v}" for k, v in swept.items()]
                 config["sweep"] = {"name": name, "swept": swept}
-            self.wandb = wandb.init(
-                project=self.cfg.project, entity=self.cfg.entity, group=group, tags=tags,
-                name=cfg.run_name, mode=mode, dir=str(run_dir), config=config,
-                settings=wandb.Settings(silent=not is_verbose(self.cfg)),
-            )
-            log.info("W&B run %s: mode=%s group=%s tags=%s", self.wandb.id, mode, group, tags)
+            try:
+                self.wandb = wandb.init(
+                    project=self.cfg.project, entity=self.cfg.entity, group=group, tags=tags,
+                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=config,
+                    id=wandb_id, resume="allow" if wandb_id else None,
+                    settings=wandb.Settings(silent=not is_verbose(self.cfg)),
+                )
+                log.info("W&B run %s: mode=%s group=%s tags=%s", self.wandb.id, mode, group, tags)
+            except Exception as err:  # no network, bad key, service down: the run goes on without W&B
+                self._wandb_failed("start", err)
         self.tensorboard = None
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -79,12 +100,12 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, info="")
             self.progress.start()
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, float | torch.Tensor]) -> None:
+        metrics = to_host(metrics)
         self.step = step
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        self._wandb_log(metrics, step)
         if self.tensorboard is not None:
             for key, value in metrics.items():
                 self.tensorboard.add_scalar(key, value, step)
@@ -102,11 +123,11 @@ class RunLogger:
         B, G = cfg.train.prompts_per_step, cfg.algo.group_size
         evals = f", {eval_rows} eval rows" if eval_rows is not None else ", no evaluation"
         if self.wandb is None:
-            wb = "disabled"
+            wb = "disabled" if mode == "disabled" else "not started (see the warning above)"
         elif mode == "offline":
             wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
         else:
-            wb = f"{mode} {self.wandb.url}"
+            wb = f"{mode} {getattr(self.wandb, 'url', None) or ''}".rstrip()
         logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
         for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
                      f"  data    {cfg.data.path} ({train_rows} train rows{evals})",
@@ -123,12 +144,36 @@ class RunLogger:
         if self.wandb is not None and rows:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-            self.wandb.log({"completions": table}, step=step)
+            self._wandb_log({"completions": table}, step)
         if self.tensorboard is not None and rows:  # a markdown table in TensorBoard's Text tab
             columns = list(rows[0])
             lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
             lines += ["| " + " | ".join(_md_cell(r[c]) for c in columns) + " |" for r in rows]
             self.tensorboard.add_text("completions", "\n".join(lines), step)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    def _wandb_log(self, data: dict, step: int) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.log(data, step=step)
+        except Exception as err:
+            self._wandb_failed("log", err)
+
+    def _wandb_failed(self, what: str, err: Exception) -> None:
+        """Warn once and go on logging to metrics.jsonl only."""
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        console.print(f"[yellow]warning:[/] W&B could not {what} ({type(err).__name__}: {first_line}); "
+                      f"logging to {self.run_dir / 'metrics.jsonl'} only")
+        if self.wandb is not None:
+            try:
+                self.wandb.finish(exit_code=1)
+            except Exception:
+                pass
+        self.wandb = None
 
     def print_table(self, title: str, values: dict[str, float]) -> None:
         table = Table(title=title)
@@ -139,13 +184,19 @@ class RunLogger:
         console.print(table)
 
     def close(self) -> None:
-        """Stop the bar, record the wall time, draw report.png, close W&B and TensorBoard."""
+        """Stop the bar, write summary.json (wall time), close W&B and TensorBoard, draw report.png."""
         if self.progress is not None:
             self.progress.stop()
-        self.log(self.step, {"time/wall_s": time.perf_counter() - self.start})
         self.metrics_file.close()
+        # Wall time (engine start, evals and all) for the sweep summary; kept out of metrics.jsonl,
+        # whose lines are per step.
+        (self.run_dir / "summary.json").write_text(json.dumps(
+            {"step": self.step, "time/wall_s": time.perf_counter() - self.start}) + "\n")
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except Exception as err:
+                self._wandb_failed("finish", err)
         if self.tensorboard is not None:
             self.tensorboard.close()
         draw([self.run_dir], self.run_dir / "report.png")

@@ -18,22 +18,26 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossStats:
-    """Token-summed metrics of one micro-batch, so that micro-batches add up exactly."""
+    """Token-summed metrics of micro-batches, as 0-dim tensors on the learner's device.
 
-    tokens: float = 0.0
-    sums: dict[str, float] = field(default_factory=dict)
-    maxes: dict[str, float] = field(default_factory=dict)
+    Sums (not means) so that micro-batches add up exactly; tensors (not floats) so that nothing
+    waits for the device until the step's metrics are copied to the host, once.
+    """
+
+    tokens: torch.Tensor | float = 0.0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    maxes: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, other: LossStats) -> None:
-        self.tokens += other.tokens
+        self.tokens = self.tokens + other.tokens
         for k, v in other.sums.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         for k, v in other.maxes.items():
-            self.maxes[k] = max(self.maxes.get(k, -float("inf")), v)
+            self.maxes[k] = torch.maximum(self.maxes[k], v) if k in self.maxes else v
 
-    def means(self) -> dict[str, float]:
-        out = {k: v / max(self.tokens, 1.0) for k, v in self.sums.items()}
-        return out | self.maxes
+    def means(self) -> dict[str, torch.Tensor]:
+        tokens = torch.as_tensor(self.tokens).clamp_min(1.0)
+        return {k: v / tokens for k, v in self.sums.items()} | self.maxes
 
 
 class GRPOLoss:
@@ -71,14 +75,17 @@ class GRPOLoss:
         high = (ratio > 1 + self.eps_high) & (adv > 0)  # [N, T]
         m = mask.bool()
         sums = {
-            "clip_frac/low": (low & m).sum().item(),
-            "clip_frac/high": (high & m).sum().item(),
-            "clip_frac": ((low | high) & m).sum().item(),
-            "ratio/mean": (ratio * mask).sum().item(),
+            "clip_frac/low": (low & m).sum(),
+            "clip_frac/high": (high & m).sum(),
+            "clip_frac": ((low | high) & m).sum(),
+            "ratio/mean": (ratio * mask).sum(),
         }
-        maxes = {"ratio/max": ratio[m].max().item() if m.any() else 1.0}
+        # Masked maxes without boolean indexing (which waits for the device); ratios are > 0 and
+        # KL >= 0, so 0 fills the masked slots; no token at all gives ratio 1.
+        ratio_max = torch.where(m, ratio, 0.0).amax()
+        maxes = {"ratio/max": torch.where(m.any(), ratio_max, torch.ones_like(ratio_max))}
         if kl is not None:
             kl = kl.detach()
-            sums["kl/mean"] = (kl * mask).sum().item()
-            maxes["kl/max"] = kl[m].max().item() if m.any() else 0.0
-        return LossStats(tokens=mask.sum().item(), sums=sums, maxes=maxes)
+            sums["kl/mean"] = (kl * mask).sum()
+            maxes["kl/max"] = torch.where(m, kl, 0.0).amax()
+        return LossStats(tokens=mask.sum(), sums=sums, maxes=maxes)

@@ -16,6 +16,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm star
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from grpo_cli.errors import UserError  # noqa: E402
+
 
 @dataclass
 class Rollouts:
@@ -35,9 +37,30 @@ class Rollouts:
 _ENGINES: dict[str, object] = {}  # one engine per process and engine config, shared by runs and tests
 
 
+class SamplerError(UserError):
+    pass
+
+
+def _shut_down(llm) -> None:
+    """Shut an engine down now, before the next one starts.
+
+    Left to the garbage collector, the engine client's finalizer runs whenever the last reference
+    goes (a traceback can hold one for a while) and its shutdown tears down vLLM's process-global
+    parallel state, by then the next engine's ("pipeline model parallel group is not
+    initialized"). Calling the finalizer runs it once, now, and never again.
+    """
+    finalizer = getattr(getattr(llm.llm_engine, "engine_core", None), "_finalizer", None)
+    if finalizer is not None:
+        finalizer()
+
+
 class VLLMSampler:
     def __init__(self, cfg: DictConfig, model_cfg: DictConfig):
+        if cfg.sleep_level and not torch.cuda.is_available():
+            raise SamplerError(f"sampler.sleep_level={cfg.sleep_level} needs a CUDA GPU: vLLM's sleep mode "
+                               "exists only on CUDA; use sampler.sleep_level=0 here")
         self.cfg = cfg
+        self.asleep = False
         self.llm = self._engine(cfg, model_cfg)
 
     @staticmethod
@@ -57,11 +80,14 @@ class VLLMSampler:
             # Log-probs of the distribution actually sampled from (after temperature), which is
             # what the learner computes: the two agree to float precision.
             logprobs_mode="processed_logprobs",
+            enable_sleep_mode=cfg.sleep_level > 0,
             **OmegaConf.to_container(cfg.engine_kwargs, resolve=True),
         )
         key = repr(sorted(args.items()))
         if key not in _ENGINES:
-            _ENGINES.clear()  # at most one engine alive: a sweep's next job with new engine args
+            for old in _ENGINES.values():  # at most one engine alive: a sweep's next job with new engine args
+                _shut_down(old)
+            _ENGINES.clear()
             _ENGINES[key] = LLM(**args)
         return _ENGINES[key]
 
@@ -101,5 +127,20 @@ class VLLMSampler:
         weights for its GEMM kernels, which plain `load_weights` breaks). The prefix cache holds
         KV computed with the old weights, so it is dropped.
         """
+        if self.asleep:  # memory for the weights first, then the weights, then the KV cache
+            self.llm.wake_up(tags=["weights"])
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Give the engine's GPU memory to the learner until the next `load_weights` (sampler.sleep_level).
+
+        Level 1 offloads the weights to host memory and frees the KV cache; level 2 discards the
+        weights as well, which is safe because `load_weights` pushes all of them after waking.
+        """
+        if self.cfg.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.cfg.sleep_level)
+            self.asleep = True

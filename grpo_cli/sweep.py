@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,16 @@ def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
             "train_reward": last("reward/mean"),
             "eval_accuracy": last("eval/accuracy"),
             "kl": last("kl/mean"),
-            "wall_s": last("time/wall_s"),
+            "wall_s": _wall_time(run),
             "steps": len([m for m in metrics if "reward/mean" in m]),
         })
     return rows
+
+
+def _wall_time(run: Path) -> float | None:
+    """Seconds the job's run took (RunLogger writes summary.json when a run ends)."""
+    path = run / "summary.json"
+    return json.loads(path.read_text()).get("time/wall_s") if path.exists() else None
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:

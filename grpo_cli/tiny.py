@@ -47,7 +47,7 @@ def _byte_level(c: str) -> str:
     return chr(256 + b) if b <= 32 else c
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Character-level fast tokenizer with a Qwen-style chat template.
 
     transformers 5.x loads any checkpoint whose config says model_type "qwen2" with its own
@@ -58,11 +58,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     A BPE with no merges keeps one token per character; the ByteLevel decoder fuses them back,
     so decode(encode(s)) == s exactly for printable ASCII + newline.
 
+    A `vocab_size` above 128 (a real model's shape, e.g. Qwen2.5's 151,936) fills the ids between
+    the characters and the three specials with filler tokens `<fN>`: a BPE without merges never
+    forms them from text, but every id the model may sample decodes.
+
     eos = pad = `<|endoftext|>` (as in Qwen2.5 base models). A chat turn ends with
     `<|im_end|>`, which the saved generation_config lists as a second eos, so transformers'
     generate and vLLM stop on either.
     """
     vocab = {_byte_level(c): i for i, c in enumerate(CHARS)}
+    specials = SPECIALS if vocab_size == VOCAB_SIZE else [EOS, IM_START, IM_END]
+    if vocab_size < VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size}: the character tokenizer needs >= {VOCAB_SIZE}")
+    for i in range(vocab_size - len(CHARS) - len(specials)):
+        vocab[f"<f{i}>"] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -71,8 +80,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     ])
     tok.decoder = decoders.ByteLevel()
     # Added specials get ids len(CHARS).. in order and are matched before the BPE model runs.
-    tok.add_special_tokens(SPECIALS)
-    assert tok.get_vocab_size() == VOCAB_SIZE
+    tok.add_special_tokens(specials)
+    assert tok.get_vocab_size() == vocab_size
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
@@ -93,10 +102,11 @@ def build_config(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     max_position_embeddings: int = 512,
+    **extra,
 ) -> Qwen2Config:
-    """Qwen2 config (GQA, tied embeddings, fp32) sized for CPU tests."""
+    """Qwen2 config (GQA, tied embeddings, fp32) sized for CPU tests; `extra` goes to Qwen2Config."""
     return Qwen2Config(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
@@ -108,6 +118,7 @@ def build_config(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
+        **extra,
     )
 
 
@@ -130,7 +141,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> Q
     return model.eval()
 
 
-def save_tiny(out_dir: str | Path, **sizes) -> Path:
+def save_tiny(out_dir: str | Path, vocab_size: int = VOCAB_SIZE, **sizes) -> Path:
     """Write model, tokenizer and generation_config to out_dir; returns it as a Path.
 
     `sizes` are build_model's keyword arguments (hidden_size, num_layers, seed, ...). The folder
@@ -138,7 +149,7 @@ def save_tiny(out_dir: str | Path, **sizes) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size)
     model = build_model(tokenizer, **sizes)
     model.save_pretrained(out)  # also writes generation_config.json
     tokenizer.save_pretrained(out)

@@ -17,33 +17,51 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from grpo_cli import run_state
 from grpo_cli.advantages import group_advantages
-from grpo_cli.checkpoint import save_checkpoint
 from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
 from grpo_cli.evaluate import evaluate
+from grpo_cli.faults import RunStopped, StopSignals, stop_reason
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
-from grpo_cli.models import load_tokenizer
+from grpo_cli.models import check_model, load_tokenizer
 from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
-    """Train (or only evaluate) as `cfg` says; returns the final eval accuracy, if any."""
-    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float | None:
+    """Train (or only evaluate) as `cfg` says; returns the final eval accuracy, if any.
+
+    `overrides`: the command line, so that a resumed run compares only the keys it names.
+    SIGINT/SIGTERM end the run after the current step, with a checkpoint.
+    """
+    with StopSignals() as signals:
+        return _run(cfg, Path(run_dir or HydraConfig.get().runtime.output_dir), overrides, signals)
+
+
+def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.
+    checkpoint = run_state.find_resume(cfg.resume, run_dir)
+    state = None
+    if checkpoint is not None:
+        cfg = run_state.resumed_config(cfg, checkpoint, overrides)
+        state = run_state.load(checkpoint)
+        run_state.cut_logs(run_dir, state.log_sizes)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     route_logs(cfg.logger, run_dir)  # library chatter -> run_dir/train.log
-    set_seed(cfg.seed)  # python, numpy and torch RNGs; the engine has its own seed
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
+    check_model(cfg.model, cfg.sampler.max_model_len, cfg.sampler.max_tokens)
     tokenizer = load_tokenizer(cfg.model)
     fmt = PromptFormatter(cfg.data, tokenizer)
     train_rows, eval_rows = load_splits(cfg.data)
     fmt.check_columns(train_rows, "training")
+    train_rows = fmt.fit(train_rows, "training", cfg.sampler.max_model_len)
     if eval_rows is not None:
         fmt.check_columns(eval_rows, "evaluation")
+        eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
@@ -61,9 +79,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)))
+    logger = RunLogger(cfg, run_dir, total_steps, wandb_id=state.wandb_id if state else None,
+                       rows=(len(train_rows), None if eval_rows is None else len(eval_rows)))
     sampler = VLLMSampler(cfg.sampler, cfg.model)
     if cfg.eval_only:
+        set_seed(cfg.seed)
         final = run_eval(0)
         logger.close()
         logger.print_table(f"evaluation of {cfg.model.path}", final)
@@ -71,14 +91,27 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
     learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
+    # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
+    # the engine samples from torch's global generator.
+    if state is not None:
+        run_state.restore(state, checkpoint, learner, stream)  # weights, optimiser, data position, RNGs
+    else:
+        set_seed(cfg.seed)  # python, numpy and torch RNGs
     sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
-    first = run_eval(0)
+    first = state.first_eval if state else run_eval(0)
 
-    for step in range(1, total_steps + 1):
+    def save(step: int, name: str) -> Path:
+        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir)
+        return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.policy, tokenizer, cfg,
+                              cfg.checkpoint.keep_last)
+
+    for step in range((state.step if state else 0) + 1, total_steps + 1):
         t0 = time.perf_counter()
         # 1. B prompts, G completions each, from the current policy.
         batch = as_batch(stream.next(), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
+        run_state.pause_for_test("rollout", step)
         t_sample = time.perf_counter()
 
         # 2. Score every completion (rewards are called as TRL calls them); each is kept for logging.
@@ -93,7 +126,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         # 4. The GRPO update: mu passes of shuffled micro-batches.
         rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
                                            advantages, tokenizer.pad_token_id)
-        learner_metrics = learner.train_step(rollout_batch)
+        learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
+        learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
+        run_state.pause_for_test("learner", step)
         t_learn = time.perf_counter()
 
         # 5. The next rollouts come from the updated policy.
@@ -105,6 +140,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             "reward/mean": torch.nanmean(scores.total).item(),
             "reward/std": scores.total[~scores.total.isnan()].std().item() if scores.total.numel() > 1 else 0.0,
             **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in scores.per_reward.items()},
+            **{f"reward/{k}/errors": v for k, v in scores.errors.items()},
             "advantage/mean": advantages.mean().item(),
             "advantage/std": advantages.std().item(),
             "frac_zero_std": adv.frac_zero_std,
@@ -112,6 +148,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             "completion_len/max": lengths.max().item(),
             "truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(lengths),
             **learner_metrics,
+            "bad_steps": learner.bad_steps.total,  # optimiser steps skipped for NaN/Inf gradients, so far
             "time/sample_s": t_sample - t0,
             "time/reward_s": t_reward - t_sample,
             "time/learner_s": t_learn - t_reward,
@@ -131,12 +168,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / f"step_{step}")
+        stop = stop_reason(signals, learner.bad_steps, rewards)  # Ctrl-C, NaN steps, a failing reward
+        if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            saved = save(step, f"step_{step}")
+        if stop:
+            logger.close()
+            raise RunStopped(f"stopped after step {step}: {stop[0]}; checkpoint {saved}; "
+                             f"continue with: grpo-train resume={run_dir}", exit_code=stop[1])
 
     last = run_eval(total_steps)
     if cfg.checkpoint.final:
-        save_checkpoint(learner.policy, tokenizer, run_dir / "checkpoints" / "final")
+        save(total_steps, "final")
     logger.close()
     if last:
         logger.print_table("held-out evaluation", {f"before {k}": v for k, v in first.items()}

@@ -42,3 +42,14 @@ def tiny_overrides(tiny_model, arithmetic_data) -> list[str]:
         "sampler.max_model_len=64", "logger=none", "train.prompts_per_step=4", "algo.group_size=4",
         "train.micro_batch_size=8", "train.max_steps=2", "optim.lr=1e-3", "eval.max_rows=16",
     ]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def learner_device(request) -> str:
+    """`train.device` for tests that run on the CPU here and, under the `gpu` marker, on CUDA too."""
+    if request.param == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("the gpu variant needs CUDA (this machine has none)")
+    return request.param

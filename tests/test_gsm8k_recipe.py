@@ -52,8 +52,8 @@ def recipe_overrides(tiny_model, gsm8k_files) -> list[str]:
 
 
 @pytest.mark.engine
-def test_gsm8k_recipe_runs_end_to_end_offline(tiny_model, gsm8k_files, tmp_path):
-    cfg = compose(recipe_overrides(tiny_model, gsm8k_files))
+def test_gsm8k_recipe_runs_end_to_end_offline(tiny_model, gsm8k_files, tmp_path, learner_device):
+    cfg = compose(recipe_overrides(tiny_model, gsm8k_files) + [f"train.device={learner_device}"])
     assert cfg.data.use_chat_template and cfg.train.autocast_dtype == "bfloat16"
     run(cfg, run_dir=tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -49,8 +49,8 @@ def test_every_run_writes_its_report_and_wall_time(tiny_overrides, tmp_path):
     assert not (tmp_path / "tensorboard").exists()
     report = (tmp_path / "report.png").read_bytes()
     assert report.startswith(PNG) and len(report) > 10_000
-    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == 3 and last["time/wall_s"] > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["time/wall_s"] > 0
 
 
 def test_grpo_report_overlays_runs_and_sweeps(tiny_overrides, tmp_path):

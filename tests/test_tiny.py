@@ -104,3 +104,13 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / "m") in out and "parameters" in out
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_a_real_vocab_size_keeps_characters_and_every_id_decodes():
+    """gpu_check builds Qwen2.5 shapes (vocab 151,936): fillers between the characters and the specials."""
+    from grpo_cli.tiny import EOS, build_tokenizer
+
+    tok = build_tokenizer(1000)
+    assert len(tok) == 1000 and tok.convert_tokens_to_ids(EOS) == 997
+    assert tok.decode(tok("12+34=\n ok", add_special_tokens=False)["input_ids"]) == "12+34=\n ok"
+    assert all(tok.decode([i]) for i in range(1000))

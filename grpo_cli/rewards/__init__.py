@@ -12,8 +12,9 @@ otherwise both are strings. `completion_text` turns either form into text.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,6 +46,7 @@ class RewardError(UserError):
 class RewardResult:
     total: torch.Tensor  # [N] weighted sum of the applicable rewards; NaN if none applied
     per_reward: dict[str, torch.Tensor]  # name -> [N], NaN where that reward returned None
+    errors: dict[str, int] = field(default_factory=dict)  # name -> 1 if that reward's call raised
 
 
 def load_reward_fn(name: str, spec) -> RewardFn:
@@ -59,13 +61,19 @@ def load_reward_fn(name: str, spec) -> RewardFn:
 
 
 class Rewards:
-    def __init__(self, funcs: dict[str, tuple[RewardFn, float]]):
+    def __init__(self, funcs: dict[str, tuple[RewardFn, float]], max_failures_in_a_row: int = 3):
         self.funcs = funcs
+        # A reward that raises scores that call None; one that keeps raising stops the run.
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self.failures_in_a_row = {name: 0 for name in funcs}
+        self.failing: str | None = None  # set once a reward failed max_failures_in_a_row calls in a row
+        self._warned: set[str] = set()  # rewards whose failure was printed
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Rewards:
         specs = {name: reward_spec(name, entry) for name, entry in cfg.funcs.items()}
-        return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()})
+        return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()},
+                   cfg.max_failures_in_a_row)
 
     @property
     def names(self) -> list[str]:
@@ -76,18 +84,20 @@ class Rewards:
         prompts, completions = batch.reward_prompts, batch.reward_completions(rollouts.texts)
         columns = {k: v for k, v in batch.columns.items() if k not in _NOT_COLUMNS}
         columns["completion_ids"] = rollouts.completion_ids
-        per_reward = {name: self._score(name, fn, prompts, completions, columns) for name, (fn, _) in self.funcs.items()}
+        errors = {}
+        per_reward = {name: self._score(name, fn, prompts, completions, columns, errors)
+                      for name, (fn, _) in self.funcs.items()}
         stacked = torch.stack([per_reward[n] * w for n, (_, w) in self.funcs.items()])  # [R, N]
         total = torch.nansum(stacked, 0)  # [N]
         total[torch.isnan(stacked).all(0)] = math.nan  # no reward applied: not a 0
-        return RewardResult(total, per_reward)
+        return RewardResult(total, per_reward, errors)
 
-    @staticmethod
-    def _score(name, fn, prompts, completions, columns) -> torch.Tensor:
+    def _score(self, name, fn, prompts, completions, columns, errors: dict[str, int]) -> torch.Tensor:
         try:
             values = fn(prompts=prompts, completions=completions, **columns)
         except Exception as err:
-            raise RewardError(f"reward '{name}' raised {type(err).__name__}: {err}") from err
+            return self._failed(name, err, len(completions), errors)
+        self.failures_in_a_row[name] = errors[name] = 0
         if values is None or len(values) != len(completions):
             got = "None" if values is None else f"{len(values)} values"
             raise RewardError(f"reward '{name}' returned {got} for {len(completions)} completions")
@@ -95,3 +105,17 @@ class Rewards:
             return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
         except (TypeError, ValueError) as err:
             raise RewardError(f"reward '{name}' returned a non-number: {err}") from err
+
+    def _failed(self, name: str, err: Exception, n: int, errors: dict[str, int]) -> torch.Tensor:
+        """This call's completions get no score (None); the first failure is printed, every one counted."""
+        errors[name] = 1
+        self.failures_in_a_row[name] += 1
+        error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        if name not in self._warned:
+            self._warned.add(name)
+            print(f"grpo-train: warning: reward '{name}' raised {error} (that call's completions get no score; "
+                  f"counted in reward/{name}/errors)", file=sys.stderr, flush=True)
+        limit = self.max_failures_in_a_row
+        if limit and self.failures_in_a_row[name] >= limit and self.failing is None:
+            self.failing = f"reward '{name}' failed on {limit} calls in a row ({error})"
+        return torch.full((n,), math.nan)

@@ -1,0 +1,97 @@
+"""What stops a run early, cleanly: Ctrl-C / SIGTERM, too many NaN/Inf steps in a row, a reward
+that keeps failing. The loop finishes its step, writes a checkpoint and exits non-zero with a
+line that says how to resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+
+import torch
+
+from grpo_cli.errors import UserError
+
+
+class RunStopped(UserError):
+    """The run stopped early after writing a checkpoint; the message says why and how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class BadStepGuard:
+    """Skips optimiser steps whose gradient norm is NaN/Inf and counts them.
+
+    `check(norm)` says whether the step may be applied. After `max_bad` skipped steps in a row
+    (0 = never) `exhausted` is true and the run stops.
+    """
+
+    def __init__(self, max_bad: int):
+        self.max_bad, self.in_a_row, self.total = max_bad, 0, 0
+
+    def check(self, grad_norm: float | torch.Tensor) -> bool:
+        # Skipping an update needs the norm's value on the host: one sync per optimiser step.
+        if math.isfinite(float(grad_norm)):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.total += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.max_bad > 0 and self.in_a_row >= self.max_bad
+
+    def state_dict(self) -> dict:
+        return {"in_a_row": self.in_a_row, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.in_a_row, self.total = state["in_a_row"], state["total"]
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread): no handlers
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            print(f"\ngrpo-train: second {name}: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.received = name
+        print(f"\ngrpo-train: {name} received: finishing this step, then writing a checkpoint "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(getattr(signal, self.received)) if self.received else 1
+
+
+def stop_reason(signals: StopSignals, guard: BadStepGuard | None, rewards) -> tuple[str, int] | None:
+    """Why the run must stop now (message, exit code), or None."""
+    if signals.received:
+        return f"{signals.received} received", signals.exit_code
+    if guard is not None and guard.exhausted:
+        return f"{guard.in_a_row} optimiser steps in a row had NaN/Inf gradients (train.max_bad_steps={guard.max_bad})", 1
+    failing = getattr(rewards, "failing", None)
+    if failing:
+        return failing, 1
+    return None
