@@ -34,7 +34,9 @@ def _wandb_mode(mode: str) -> str:
         return mode
     if os.environ.get("WANDB_MODE"):  # the user's environment wins over the guess
         return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
+    # wandb.login(prompt=False) only looks for a key (env, netrc); `wandb.api.api_key` is deprecated
+    # and prints a warning on every run.
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False, verify=False)
     return "online" if has_key else "offline"
 
 
