@@ -18,8 +18,10 @@ from transformers import get_scheduler
 
 from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
+from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
+from grpo_cli.packing import pack_ids, plan, unpack
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Learner:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
+        # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
+        self.peft = apply_lora(self.policy, cfg.model.lora) if cfg.model.lora.r else None
         # The reference is only needed for the KL term.
         self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
                     if cfg.algo.beta > 0 else None)
@@ -106,20 +110,43 @@ class Learner:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
         )
+        # The transformer of each model (compiled or not) by model; lm_head runs in token_logprobs.
+        self.backbones = {}
+        for model in (self.policy, self.ref):
+            if model is not None:
+                backbone = split_lm(model)[0]
+                self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
+        self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
 
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch) -> torch.Tensor:
         """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T]."""
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
-        # Positions count real tokens only, so left padding does not shift RoPE.
-        positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
         backbone, lm_head = split_lm(model)
+        backbone = self.backbones.get(model, backbone)  # compiled for the policy and reference (train.compile)
         with self.autocast():
-            hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+            if self.cfg.train.pack_sequences:  # grpo_cli/packing.py: rows of whole sequences, no padding
+                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1])
+                slots = (pk.real_tokens, pk.src.numel())
+                pk = pk.to(ids.device)
+                # use_cache=False: with a KV cache, transformers does not look for packed sequences.
+                hidden = backbone(input_ids=pack_ids(ids, pk, 0), position_ids=pk.position_ids,
+                                  use_cache=False).last_hidden_state  # [R, L, H]
+                hidden = hidden.flatten(0, 1)[pk.predict]  # [M, H] the positions predicting completion tokens
+                targets = ids[:, -t:][pk.rows, pk.cols]  # [M]
+            else:
+                # Positions count real tokens only, so left padding does not shift RoPE.
+                positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
+                slots = (int(mb.prompt_lens.sum() + mb.completion_lens.sum()), ids.numel())
+                hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions,
+                                  use_cache=False).last_hidden_state[:, -t - 1 : -1]  # [n, T, H]
+                targets = ids[:, -t:]  # [n, T]
             # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
-            logp, _ = token_logprobs(hidden[:, -t - 1 : -1], lm_head, ids[:, -t:], self.temperature,
-                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [n, T]
-        return logp
+            logp, _ = token_logprobs(hidden, lm_head, targets, self.temperature,
+                                     self.cfg.train.logprob_chunk_mib, with_entropy=False)  # [M] or [n, T]
+        if model is self.policy and torch.is_grad_enabled():
+            self.tokens += torch.tensor(slots)
+        return unpack(logp, pk, len(mb), t) if self.cfg.train.pack_sequences else logp  # [n, T]
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -135,6 +162,7 @@ class Learner:
         Returns the step's metrics as 0-dim tensors on the device (nothing here waits for it).
         """
         batch = batch.to(self.device)  # the one host -> device copy of the step
+        self.tokens.zero_()
         n, mu = len(batch), self.cfg.algo.num_iterations
         opt_bs = min(self.cfg.train.optim_batch_size or n, n)
         mask = batch.completion_mask  # [N, T]
@@ -168,6 +196,8 @@ class Learner:
             "lr": self.scheduler.get_last_lr()[0],  # a host float already
             "logprob_drift/mean": drift_sum / mask.sum().clamp_min(1.0),
             "logprob_drift/max": drift_max,
+            # Share of the policy forward's token slots that were padding (packing keeps it small).
+            "learner/pad_frac": 1.0 - float(self.tokens[0] / self.tokens[1].clamp_min(1.0)),
         }
 
     def _optimizer_step(self) -> torch.Tensor:
@@ -185,17 +215,33 @@ class Learner:
             torch.cuda.synchronize(self.device)
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's parameters by name, for the sampler."""
+        """The policy's parameters by the base model's names (LoRA merged in), for the sampler."""
+        if self.peft is not None:
+            yield from merged_weights(self.policy)
+            return
         for name, tensor in self.policy.state_dict().items():
             yield name, tensor.detach()
 
+    @property
+    def checkpoint_model(self) -> torch.nn.Module:
+        """What a checkpoint saves: the PeftModel (the adapter) with LoRA, else the policy."""
+        return self.peft if self.peft is not None else self.policy
+
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        if self.peft is not None:  # LoRA: the checkpoint's export is the adapter; resume from these
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.bad_steps.load_state_dict(state["bad_steps"])
+        if "trainable" in state:
+            with torch.no_grad():
+                params = dict(self.policy.named_parameters())
+                for name, value in state["trainable"].items():
+                    params[name].copy_(value)

@@ -59,10 +59,10 @@ def _md_cell(value) -> str:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, wandb_id: str | None = None,
-                 rows: tuple[int, int | None] = (0, None)):
-        """`wandb_id`: continue this W&B run (a resumed run) instead of starting a new one.
-        `rows`: training rows and evaluation rows (None: no evaluation), for the header."""
+    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None),
+                 wandb_id: str | None = None):
+        """`rows`: training rows and evaluation rows (None: no evaluation), for the header.
+        `wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
         self.cfg, self.run_dir = cfg.logger, run_dir
         self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
@@ -129,7 +129,7 @@ class RunLogger:
         elif mode == "offline":
             wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
         else:
-            wb = f"{mode} {getattr(self.wandb, 'url', None) or ''}".rstrip()
+            wb = f"{mode} {getattr(self.wandb, 'url', None) or '(no run URL yet)'}"
         logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
         for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
                      f"  data    {cfg.data.path} ({train_rows} train rows{evals})",

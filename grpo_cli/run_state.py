@@ -208,20 +208,30 @@ def versions() -> dict[str, str]:
     return out
 
 
-def capture(step: int, learner, stream, logger, first_eval: dict, run_dir: Path) -> RunState:
-    """Everything the next step depends on, taken at the end of `step` (after the weight sync)."""
+def capture(step: int, learner, stream, logger, first_eval: dict, run_dir: Path, components: dict | None = None) -> RunState:
+    """Everything the next step depends on, taken at the end of `step` (after the weight sync).
+
+    `components`: other stateful parts of the loop by name (the KL watch's beta, the refreshed
+    reference's weights), each with `state_dict()` / `load_state_dict()`.
+    """
     return RunState(step=step, learner=learner.state_dict(), data=stream.state_dict(), rng=rng_state(),
-                    wandb_id=logger.wandb_id, log_sizes=log_sizes(run_dir), first_eval=dict(first_eval))
+                    wandb_id=logger.wandb_id, log_sizes=log_sizes(run_dir), first_eval=dict(first_eval),
+                    extra={k: c.state_dict() for k, c in (components or {}).items()})
 
 
-def restore(state: RunState, checkpoint: Path, learner, stream) -> None:
-    """Put a fresh learner, data stream and every RNG back where the checkpoint left them.
+def restore(state: RunState, checkpoint: Path, learner, stream, components: dict | None = None) -> None:
+    """Put a fresh learner, data stream, the loop's components and every RNG back where the
+    checkpoint left them.
 
     The RNGs last, and only once the vLLM engine exists: building it reseeds the global RNGs.
     """
-    load_policy(learner.policy, checkpoint)
-    learner.load_state_dict(state.learner)
+    if "trainable" not in state.learner:  # full fine-tuning: the exported weights are the policy
+        load_policy(learner.policy, checkpoint)
+    learner.load_state_dict(state.learner)  # with LoRA, the adapter weights come from here
     stream.load_state_dict(state.data)
+    for name, component in (components or {}).items():
+        if name in state.extra:
+            component.load_state_dict(state.extra[name])
     set_rng_state(state.rng)
 
 
@@ -271,7 +281,8 @@ def pause_for_test(point: str, step: int) -> None:
         time.sleep(float(os.environ.get("GRPO_CLI_TEST_PAUSE_S", "60")))
 
 
-def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int = 0) -> Path:
+def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int = 0,
+         merged: bool = False) -> Path:
     """Write a complete checkpoint atomically at `directory`; then keep the newest `keep_last` step_N."""
     import torch
 
@@ -283,7 +294,7 @@ def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, k
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(policy, tokenizer, tmp)  # HF export: weights + tokenizer
+        save_checkpoint(policy, tokenizer, tmp, merged)  # HF export: weights (or adapter) + tokenizer
         pause_for_test("checkpoint", state.step)
         torch.save(vars(state), tmp / STATE)
         OmegaConf.save(cfg, tmp / CONFIG, resolve=True)

@@ -3,8 +3,10 @@ named for what it does.
 
     for each step:
         take B prompts -> sample G completions each (vLLM) -> score them (rewards)
+        -> keep the groups worth training on (filters; may draw more prompts)
         -> group-normalised advantages -> mu passes of clipped-surrogate + KL updates (learner)
-        -> push the new weights into vLLM -> log
+        -> push the new weights into vLLM (and, every K steps, into the reference) -> log
+        -> watch the KL (warn, stop, or adapt beta)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
@@ -23,9 +26,12 @@ from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
 from grpo_cli.evaluate import evaluate
 from grpo_cli.faults import RunStopped, StopSignals, stop_reason
+from grpo_cli.filters import ScoredGroups
+from grpo_cli.kl_control import KLWatch
 from grpo_cli.learner import Learner, RolloutBatch
 from grpo_cli.logging import RunLogger
 from grpo_cli.models import check_model, load_tokenizer
+from grpo_cli.reference import ReferenceRefresh
 from grpo_cli.rewards import Rewards
 from grpo_cli.sampler import VLLMSampler
 
@@ -79,8 +85,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps, wandb_id=state.wandb_id if state else None,
-                       rows=(len(train_rows), None if eval_rows is None else len(eval_rows)))
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
+                       wandb_id=state.wandb_id if state else None)
     sampler = VLLMSampler(cfg.sampler, cfg.model)
     if cfg.eval_only:
         set_seed(cfg.seed)
@@ -91,80 +97,112 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
     learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
+    batch_filter = instantiate(cfg.algo.batch_filter)
+    def stop_for_kl(step: int) -> Path:  # the KL watch's `stop`: a checkpoint, then the logs closed
+        saved = save(step, f"step_{step}")
+        logger.close()
+        return saved
+
+    kl_watch = KLWatch.from_config(cfg.algo, learner.loss_fn, stop_for_kl)
+    ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
+    components = {"kl_watch": kl_watch, "ref_refresh": ref_refresh}  # state a checkpoint carries
     # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
     # the engine samples from torch's global generator.
     if state is not None:
-        run_state.restore(state, checkpoint, learner, stream)  # weights, optimiser, data position, RNGs
+        run_state.restore(state, checkpoint, learner, stream, components)  # weights, optimiser, data, RNGs
     else:
         set_seed(cfg.seed)  # python, numpy and torch RNGs
     sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
     first = state.first_eval if state else run_eval(0)
 
     def save(step: int, name: str) -> Path:
-        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir)
-        return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.policy, tokenizer, cfg,
-                              cfg.checkpoint.keep_last)
+        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir, components)
+        return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
+                              cfg.checkpoint.keep_last, cfg.checkpoint.merged)
+
+    timer = {"sample": 0.0, "reward": 0.0}
+
+    def draw() -> ScoredGroups:
+        """B prompts from the stream, G completions each from the current policy, scored."""
+        t0 = time.perf_counter()
+        batch = as_batch(stream.next(), fmt)
+        rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        t1 = time.perf_counter()
+        group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
+        scores = rewards(group, rollouts)  # rewards are called as TRL calls them
+        timer["sample"], timer["reward"] = timer["sample"] + t1 - t0, timer["reward"] + time.perf_counter() - t1
+        return ScoredGroups(group.prompts, group.columns, rollouts, scores, G)
 
     for step in range((state.step if state else 0) + 1, total_steps + 1):
         t0 = time.perf_counter()
-        # 1. B prompts, G completions each, from the current policy.
-        batch = as_batch(stream.next(), fmt)
-        rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
+        timer.update(sample=0.0, reward=0.0)
+        # 1-2. Sample B prompts x G completions and score every completion (each reward is kept
+        #      for logging); the batch filter picks the groups to train on, drawing more if it must.
+        drawn, groups = batch_filter(draw)
         sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         run_state.pause_for_test("rollout", step)
-        t_sample = time.perf_counter()
-
-        # 2. Score every completion (rewards are called as TRL calls them); each is kept for logging.
-        group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
-        scores = rewards(group, rollouts)
+        rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
         t_reward = time.perf_counter()
 
         # 3. Advantages relative to the other completions of the same prompt.
-        adv = group_advantages(scores.total.view(B, G), cfg.algo.adv_eps, cfg.algo.scale_rewards)
-        advantages = adv.advantages.flatten()  # [B*G]
+        adv = group_advantages(scores.total.view(len(groups), G), cfg.algo.adv_eps, cfg.algo.scale_rewards)
+        advantages = adv.advantages.flatten()  # [n*G]
 
-        # 4. The GRPO update: mu passes of shuffled micro-batches.
-        rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
-                                           advantages, tokenizer.pad_token_id)
-        learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
+        # 4. The GRPO update: mu passes of shuffled micro-batches (none if no group is left).
+        beta = learner.loss_fn.beta  # the KL weight of this step (the KL watch may adapt it)
+        learner_metrics = {}
+        if len(groups):
+            rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
+                                               advantages, tokenizer.pad_token_id)
+            learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
         learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         run_state.pause_for_test("learner", step)
         t_learn = time.perf_counter()
 
-        # 5. The next rollouts come from the updated policy.
+        # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
+        #    the KL reference moves to it too.
         sampler.load_weights(learner.weights())
         t_sync = time.perf_counter()
+        events = ref_refresh(step)
 
-        lengths = torch.tensor([len(c) for c in rollouts.completion_ids], dtype=torch.float32)
+        # Rewards and rollouts: everything drawn this step; advantages: the groups trained on.
+        everything = drawn.scores.total
+        lengths = torch.tensor([len(c) for c in drawn.rollouts.completion_ids], dtype=torch.float32)
         metrics = {
-            "reward/mean": torch.nanmean(scores.total).item(),
-            "reward/std": scores.total[~scores.total.isnan()].std().item() if scores.total.numel() > 1 else 0.0,
-            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in scores.per_reward.items()},
-            **{f"reward/{k}/errors": v for k, v in scores.errors.items()},
-            "advantage/mean": advantages.mean().item(),
-            "advantage/std": advantages.std().item(),
-            "frac_zero_std": adv.frac_zero_std,
+            "reward/mean": torch.nanmean(everything).item(),
+            "reward/std": everything[~everything.isnan()].std().item() if everything.numel() > 1 else 0.0,
+            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in drawn.scores.per_reward.items()},
+            **{f"reward/{k}/errors": v for k, v in drawn.scores.errors.items()},
+            "advantage/mean": advantages.mean().item() if len(groups) else 0.0,
+            "advantage/std": advantages.std().item() if len(groups) else 0.0,
+            "frac_zero_std": drawn.zero_std.float().mean().item(),
+            "filter/groups_drawn": len(drawn),
+            "filter/groups_trained": len(groups),
             "completion_len/mean": lengths.mean().item(),
             "completion_len/max": lengths.max().item(),
-            "truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(lengths),
+            "truncated_frac": sum(r == "length" for r in drawn.rollouts.finish_reasons) / len(lengths),
             **learner_metrics,
+            "beta": beta,
             "bad_steps": learner.bad_steps.total,  # optimiser steps skipped for NaN/Inf gradients, so far
-            "time/sample_s": t_sample - t0,
-            "time/reward_s": t_reward - t_sample,
+            "time/sample_s": timer["sample"],
+            "time/reward_s": timer["reward"],
             "time/learner_s": t_learn - t_reward,
             "time/sync_s": t_sync - t_learn,
             "time/step_s": t_sync - t0,
-            "tokens_per_s": rollouts.num_tokens / (t_sample - t0),
+            "tokens_per_s": drawn.rollouts.num_tokens / timer["sample"],
             "epoch": stream.epoch,
+            **events,
         }
         logger.log(step, metrics)
+        # 6. KL watch (algo.kl_limit): warn, stop with a checkpoint, or adapt beta for the next step.
+        kl_watch.update(step, learner_metrics.get("kl/mean"), len(rollouts.texts))
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
-                {"prompt": group.prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
+                {"prompt": prompts[i], "completion": rollouts.texts[i], "reward": scores.total[i].item(),
                  "advantage": advantages[i].item(),
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
-                for i in range(min(cfg.logger.completions_rows, len(group.prompts)))
+                for i in range(min(cfg.logger.completions_rows, len(prompts)))
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
             run_eval(step)

