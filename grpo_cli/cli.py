@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 from grpo_cli.config import exit_on_config_error, register_configs
 from grpo_cli.console import is_verbose, quiet_before_imports
 from grpo_cli.errors import UserError
-from grpo_cli.faults import RunStopped
 from grpo_cli.paths import config_dir
 
 register_configs()
@@ -23,7 +22,9 @@ def _run(cfg: DictConfig) -> float | None:
     # validated here, per job.
     exit_on_config_error(cfg)
     quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
-    from grpo_cli.train import run  # heavy imports (torch, vllm) only once the config is good
+    # Heavy imports (torch, vllm) only once the config is good and those switches are set.
+    from grpo_cli.faults import RunStopped
+    from grpo_cli.train import run
 
     try:
         return run(cfg, overrides=list(HydraConfig.get().overrides.task))
@@ -43,11 +44,20 @@ def _resume_in_place(argv: list[str]) -> list[str]:
     return argv
 
 
+def _quiet_early(argv: list[str]) -> None:
+    """Torch reads its C++ log level once, when imported, and config validation (before `_run`)
+    imports torch for `_target_`s; so the quiet switches are set from the command line first."""
+    verbose = any(a.lower() == "logger.verbose=true" or a.startswith("hydra.verbose") for a in argv)
+    quiet_before_imports(verbose)
+
+
 def train_main() -> None:
     sys.argv[1:] = _resume_in_place(sys.argv[1:])
+    _quiet_early(sys.argv[1:])
     _run()
 
 
 def eval_main() -> None:
     sys.argv.insert(1, "eval_only=true")
+    _quiet_early(sys.argv[1:])
     _run()

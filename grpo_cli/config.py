@@ -220,15 +220,17 @@ class LoggerConfig:
     entity: str | None = None
     """W&B entity (user or team); None uses your default."""
     group: str | None = None
-    """W&B group, e.g. one sweep."""
+    """W&B group; None groups the jobs of a sweep (`grpo-train -m`) under the sweep's name."""
     tags: list[str] = field(default_factory=list)
-    """W&B tags."""
+    """W&B tags; a sweep's jobs also get their swept values (`algo.beta=0.04`)."""
     completions_every: int = 10
     """Log a table of sample completions every N steps; 0 disables."""
     completions_rows: int = 16
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to `<run_dir>/tensorboard` (alone with `logger=tensorboard`, or beside W&B)."""
     verbose: bool = False
     """Also show engine and library logs (vLLM, transformers, W&B) on the console; they always go to `<run_dir>/train.log`."""
 

@@ -28,6 +28,9 @@ EVAL_ROWS = 500
 
 def prepare(cache: Path = CACHE, sft_steps: int = SFT_STEPS) -> dict[str, Path]:
     """Build (or reuse) the base model, the data files and the warm-started model."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # tiny files: no loading/saving bars
     base, sft = cache / "base", cache / f"sft-{sft_steps}"
     train, held_out = cache / "train.jsonl", cache / "eval.jsonl"
     if not (base / "config.json").exists():

@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, and the console.
+"""Where a run's numbers go: metrics.jsonl in the run dir, Weights & Biases, TensorBoard, report.png,
+and the console.
 
 The console (stderr) shows a short header, the progress bar, evaluations as they come and the final
 table; engine and library logs go to the run's log file (grpo_cli.console).
@@ -7,7 +8,9 @@ table; engine and library logs go to the run's log file (grpo_cli.console).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,8 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from grpo_cli.console import LOG_FILE, is_verbose
+from grpo_cli.report import draw
+from grpo_cli.sweep import job_sweep
 
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def _wandb_mode(mode: str) -> str:
@@ -28,7 +34,9 @@ def _wandb_mode(mode: str) -> str:
         return mode
     if os.environ.get("WANDB_MODE"):  # the user's environment wins over the guess
         return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
+    # wandb.login(prompt=False) only looks for a key (env, netrc); `wandb.api.api_key` is deprecated
+    # and prints a warning on every run.
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False, verify=False)
     return "online" if has_key else "offline"
 
 
@@ -45,6 +53,11 @@ def to_host(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
     return out
 
 
+def _md_cell(value) -> str:
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 class RunLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None),
                  wandb_id: str | None = None):
@@ -53,18 +66,32 @@ class RunLogger:
         self.cfg, self.run_dir = cfg.logger, run_dir
         self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
+        self.start, self.step = time.perf_counter(), 0
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
+            config, group, tags = OmegaConf.to_container(cfg, resolve=True), self.cfg.group, list(self.cfg.tags)
+            sweep = job_sweep()
+            if sweep is not None:  # a job of `grpo-train -m`: one run in the sweep's group
+                name, swept = sweep
+                group = group or name
+                tags += [f"{k}={v}" for k, v in swept.items()]
+                config["sweep"] = {"name": name, "swept": swept}
             try:
                 self.wandb = wandb.init(
-                    project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags),
-                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True),
+                    project=self.cfg.project, entity=self.cfg.entity, group=group, tags=tags,
+                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=config,
                     id=wandb_id, resume="allow" if wandb_id else None,
                     settings=wandb.Settings(silent=not is_verbose(self.cfg)),
                 )
+                log.info("W&B run %s: mode=%s group=%s tags=%s", self.wandb.id, mode, group, tags)
             except Exception as err:  # no network, bad key, service down: the run goes on without W&B
                 self._wandb_failed("start", err)
+        self.tensorboard = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         self._header(cfg, run_dir, total_steps, rows, mode)
         self.progress = None
         if self.cfg.progress:
@@ -77,9 +104,13 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict[str, float | torch.Tensor]) -> None:
         metrics = to_host(metrics)
+        self.step = step
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
         self._wandb_log(metrics, step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
         if self.progress is not None and "reward/mean" in metrics:
             info = (f"reward {metrics['reward/mean']:.3f}  acc {metrics.get(self.accuracy_key, float('nan')):.3f}  "
                     f"kl {metrics.get('kl/mean', 0.0):.4f}  {metrics['time/step_s']:.2f} s/step")
@@ -94,7 +125,7 @@ class RunLogger:
         B, G = cfg.train.prompts_per_step, cfg.algo.group_size
         evals = f", {eval_rows} eval rows" if eval_rows is not None else ", no evaluation"
         if self.wandb is None:
-            wb = "disabled"
+            wb = "disabled" if mode == "disabled" else "not started (see the warning above)"
         elif mode == "offline":
             wb = f"offline; upload later: wandb sync {run_dir / 'wandb'}/offline-run-*"
         else:
@@ -116,6 +147,11 @@ class RunLogger:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
             self._wandb_log({"completions": table}, step)
+        if self.tensorboard is not None and rows:  # a markdown table in TensorBoard's Text tab
+            columns = list(rows[0])
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_md_cell(r[c]) for c in columns) + " |" for r in rows]
+            self.tensorboard.add_text("completions", "\n".join(lines), step)
 
     @property
     def wandb_id(self) -> str | None:
@@ -150,11 +186,19 @@ class RunLogger:
         console.print(table)
 
     def close(self) -> None:
+        """Stop the bar, write summary.json (wall time), close W&B and TensorBoard, draw report.png."""
         if self.progress is not None:
             self.progress.stop()
         self.metrics_file.close()
+        # Wall time (engine start, evals and all) for the sweep summary; kept out of metrics.jsonl,
+        # whose lines are per step.
+        (self.run_dir / "summary.json").write_text(json.dumps(
+            {"step": self.step, "time/wall_s": time.perf_counter() - self.start}) + "\n")
         if self.wandb is not None:
             try:
                 self.wandb.finish()
             except Exception as err:
                 self._wandb_failed("finish", err)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        draw([self.run_dir], self.run_dir / "report.png")

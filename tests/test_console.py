@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.console import LOG_FILE, route_logs
+from grpo_cli.console import _QUIET_ENV, LOG_FILE, route_logs
 
 
 @pytest.fixture
@@ -62,8 +63,9 @@ def test_verbose_shows_everything_on_the_console(terminal, tmp_path):
 def test_a_run_console_fits_on_a_screen(tiny_overrides, tmp_path):
     """A real run from the CLI, W&B offline: header, evals, final table; no engine or W&B chatter."""
     args = [*tiny_overrides, "logger.wandb_mode=offline", "logger.progress=true", f"hydra.run.dir={tmp_path}"]
-    out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    # A clean environment: earlier in-process runs of this session set the quiet switches in os.environ.
+    env = {k: v for k, v in os.environ.items() if k not in _QUIET_ENV} | {"WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr
     lines = [x for x in console.splitlines() if x.strip()]
