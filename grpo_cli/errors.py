@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad config, data or reward: the message names the key or file and what is allowed."""
+
+
+class ConfigError(UserError):
+    """A user's config value is invalid; the message names the key and what is allowed."""

@@ -98,6 +98,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
     learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
     batch_filter = instantiate(cfg.algo.batch_filter)
+
     def stop_for_kl(step: int) -> Path:  # the KL watch's `stop`: a checkpoint, then the logs closed
         saved = save(step, f"step_{step}")
         logger.close()
