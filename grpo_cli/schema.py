@@ -277,8 +277,9 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0
-    """Save a checkpoint every N steps; 0 saves only at the end."""
+    every: int = 50
+    """Save a resumable checkpoint every N steps (a crash loses at most N - 1 steps; SIGINT/SIGTERM
+    always save one); 0 saves only at the end."""
     final: bool = True
     """Save the final model."""
     keep_last: int = 2
