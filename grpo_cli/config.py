@@ -120,6 +120,18 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < s.top_p <= 1, "sampler.top_p", s.top_p, "must be in (0, 1]")
     _check(s.top_k >= 0, "sampler.top_k", s.top_k, "must be >= 0 (0 disables)")
     _check(s.sleep_level in (0, 1, 2), "sampler.sleep_level", s.sleep_level, "must be 0 (off), 1 or 2")
+    _check(s.kind in ("colocated", "server"), "sampler.kind", s.kind, "must be colocated or server")
+    _check(s.weight_sync in ("auto", "nccl", "shm"), "sampler.weight_sync", s.weight_sync, "must be auto, nccl or shm")
+    _check(not s.url or s.url.startswith(("http://", "https://")), "sampler.url", s.url,
+           "must start with http:// or https:// (empty starts a server)")
+    _check(s.startup_timeout_s > 0, "sampler.startup_timeout_s", s.startup_timeout_s, "must be > 0")
+    _check(s.request_timeout_s > 0, "sampler.request_timeout_s", s.request_timeout_s, "must be > 0")
+    if s.kind == "server":
+        _check(s.sleep_level == 0, "sampler.sleep_level", s.sleep_level, "must be 0 with sampler.kind=server (it has its own devices)")
+    _check(a.max_staleness >= 0, "algo.max_staleness", a.max_staleness, "must be >= 0 (0 = on-policy)")
+    if a.max_staleness:
+        _check(s.kind == "server", "algo.max_staleness", a.max_staleness,
+               "needs sampler.kind=server (sampler=vllm-server): the colocated engine shares the learner's device, so nothing overlaps")
     _check(t.logprob_chunk_mib >= 1, "train.logprob_chunk_mib", t.logprob_chunk_mib, "must be >= 1")
     _check(0 < s.gpu_memory_utilization <= 1, "sampler.gpu_memory_utilization", s.gpu_memory_utilization, "must be in (0, 1]")
     _check(s.max_model_len > s.max_tokens, "sampler.max_model_len", s.max_model_len, f"must exceed sampler.max_tokens ({s.max_tokens})")

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
+from grpo_cli.correction import NoCorrection
 from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
@@ -106,6 +107,9 @@ class Learner:
             num_training_steps=max(total_optim_steps, 1),
         )
         self.loss_fn = GRPOLoss.from_config(cfg.algo)
+        # Stale rollouts (algo.max_staleness > 0, grpo_cli/rollouts.py): pi_old is the policy that
+        # sampled, i.e. the sampler's log-probs, unless an IS correction weighs pi_old / pi_sampler.
+        self.old_from_sampler = cfg.algo.max_staleness > 0 and isinstance(self.loss_fn.is_correction, NoCorrection)
         self.aggregation = instantiate(cfg.algo.aggregation)
         self.temperature = cfg.sampler.temperature
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
@@ -193,7 +197,8 @@ class Learner:
                     logp, entropy = self.completion_logprobs(self.policy, mb, entropy=True)  # [n, T] each
                     old = old_logp[idx, :t] if old_logp is not None else logp.detach()
                     ref = ref_logp[idx, :t] if ref_logp is not None else None
-                    inputs = LossInputs(logp, old, mb.sampler_logp, ref, mb.advantages, mask[idx, :t], entropy)
+                    behaviour = mb.sampler_logp if self.old_from_sampler else old  # pi_old: [n, T]
+                    inputs = LossInputs(logp, behaviour, mb.sampler_logp, ref, mb.advantages, mask[idx, :t], entropy)
                     loss, s = self.loss_fn(inputs, weights[pos.to(self.device), :t])
                     loss.backward()
                     loss_sum = loss_sum + loss.detach()

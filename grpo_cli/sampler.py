@@ -28,6 +28,7 @@ class Rollouts:
     texts: list[str]  # [N] decoded completions
     finish_reasons: list[str]  # [N] "stop" or "length"
     logprobs: list[list[float]]  # [N] the sampler's log-prob of each sampled token
+    version: int = -1  # the learner step whose weights sampled them (-1: not tracked)
 
     @property
     def num_tokens(self) -> int:
@@ -61,6 +62,7 @@ class VLLMSampler:
                                "exists only on CUDA; use sampler.sleep_level=0 here")
         self.cfg = cfg
         self.asleep = False
+        self.version = 0  # the learner step whose weights the engine holds
         self.llm = self._engine(cfg, model_cfg)
 
     @staticmethod
@@ -109,7 +111,7 @@ class VLLMSampler:
             # No per-request seed: the engine is seeded once, so the n samples of a group differ.
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
-        r = Rollouts([], [], [], [], [])
+        r = Rollouts([], [], [], [], [], version=self.version)
         for prompt, out in zip(prompt_ids, outputs):
             for comp in out.outputs:
                 r.prompt_ids.append(prompt)
@@ -120,7 +122,7 @@ class VLLMSampler:
         return r
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """Push the learner's weights into the engine in place.
 
         `reload_weights` re-runs vLLM's post-load processing (the CPU backend repacks linear
@@ -134,6 +136,8 @@ class VLLMSampler:
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
         self.llm.reset_prefix_cache()
+        if version is not None:
+            self.version = version
 
     def sleep(self) -> None:
         """Give the engine's GPU memory to the learner until the next `load_weights` (sampler.sleep_level).
@@ -144,3 +148,21 @@ class VLLMSampler:
         if self.cfg.sleep_level and not self.asleep:
             self.llm.sleep(level=self.cfg.sleep_level)
             self.asleep = True
+
+    def __enter__(self) -> VLLMSampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """The engine stays up for the next run in this process (tests, sweeps): see _ENGINES."""
+
+
+def make_sampler(cfg: DictConfig, model_cfg: DictConfig, run_dir):
+    """The sampler `sampler.kind` names: the in-process engine, or a vLLM server (grpo_cli/server_sampler.py).
+
+    Both have generate -> Rollouts, load_weights(weights, version), sleep() and are context managers.
+    """
+    if cfg.kind == "server":
+        from grpo_cli.server_sampler import ServerSampler
+
+        return ServerSampler(cfg, model_cfg, run_dir)
+    return VLLMSampler(cfg, model_cfg)

@@ -139,6 +139,24 @@ class SamplerConfig:
     """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
     weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
     (they are pushed from the learner after waking anyway)."""
+    kind: str = "colocated"
+    """colocated: an in-process vLLM engine beside the learner (sampler=vllm, vllm-cpu); server: a
+    `vllm serve` process on its own devices, over HTTP (sampler=vllm-server, vllm-server-cpu)."""
+    url: str = ""
+    """server: base URL of a running vLLM server started with VLLM_SERVER_DEV_MODE=1 (e.g.
+    http://10.0.0.5:8000); empty starts one on loopback for the run and stops it at the end."""
+    server_args: list[str] = field(default_factory=list)
+    """server: extra `vllm serve` arguments for a server grpo-cli starts (e.g. [--max-num-seqs, "256"])."""
+    devices: str | None = None
+    """server: CUDA_VISIBLE_DEVICES of a server grpo-cli starts (e.g. "1" while the learner uses GPU 0); null inherits."""
+    startup_timeout_s: float = 600.0
+    """server: seconds a server grpo-cli starts may take to answer before the run fails."""
+    request_timeout_s: float = 600.0
+    """server: an HTTP call (a batch of rollouts, a weight update) slower than this fails the run with a checkpoint, never a hang."""
+    weight_sync: str = "auto"
+    """server: how weights reach it: nccl (vLLM's NCCL weight transfer, GPU), shm (safetensors in
+    /dev/shm reloaded in place by the server, CPU or any host sharing the learner's RAM), auto (nccl
+    when CUDA is available, else shm)."""
 
 
 @dataclass
@@ -203,6 +221,10 @@ class AlgoConfig:
     """Every K steps the reference becomes `ref_refresh_alpha * policy + (1 - alpha) * reference`; 0 = frozen reference."""
     ref_refresh_alpha: float = 1.0
     """Mix of the refresh (TRL's ref_model_mixup_alpha); 1.0 copies the policy."""
+    max_staleness: int = 0
+    """Asynchronous rollouts (sampler.kind=server only): draw the next k steps' rollouts while the
+    learner trains, using a rollout only if its weights are at most k steps old; pi_old is then the
+    sampler's log-probs (or, with is_correction, corrected by it). 0 = on-policy, no overlap."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ named for what it does.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -33,7 +34,8 @@ from grpo_cli.logging import RunLogger
 from grpo_cli.models import check_model, load_tokenizer
 from grpo_cli.reference import ReferenceRefresh
 from grpo_cli.rewards import Rewards
-from grpo_cli.sampler import VLLMSampler
+from grpo_cli.rollouts import RolloutSource
+from grpo_cli.sampler import SamplerError, make_sampler
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float | None:
@@ -42,11 +44,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
     `overrides`: the command line, so that a resumed run compares only the keys it names.
     SIGINT/SIGTERM end the run after the current step, with a checkpoint.
     """
-    with StopSignals() as signals:
-        return _run(cfg, Path(run_dir or HydraConfig.get().runtime.output_dir), overrides, signals)
+    with StopSignals() as signals, contextlib.ExitStack() as cleanup:  # cleanup: e.g. stop a vLLM server
+        return _run(cfg, Path(run_dir or HydraConfig.get().runtime.output_dir), overrides, signals, cleanup)
 
 
-def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals) -> float | None:
+def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals,
+         cleanup: contextlib.ExitStack) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.
     checkpoint = run_state.find_resume(cfg.resume, run_dir)
@@ -87,7 +90,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
     logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
                        wandb_id=state.wandb_id if state else None)
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    sampler = cleanup.enter_context(make_sampler(cfg.sampler, cfg.model, run_dir))  # colocated or a server
     if cfg.eval_only:
         set_seed(cfg.seed)
         final = run_eval(0)
@@ -113,17 +116,17 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         run_state.restore(state, checkpoint, learner, stream, components)  # weights, optimiser, data, RNGs
     else:
         set_seed(cfg.seed)  # python, numpy and torch RNGs
-    sampler.load_weights(learner.weights())  # the engine starts from exactly the learner's weights
+    start = state.step if state else 0
+    sampler.load_weights(learner.weights(), version=start)  # the engine starts from exactly the learner's weights
     first = state.first_eval if state else run_eval(0)
 
     def save(step: int, name: str) -> Path:
-        snapshot = run_state.capture(step, learner, stream, logger, first, run_dir, components)
+        # `source` holds the data position before every batch not trained on yet (algo.max_staleness).
+        snapshot = run_state.capture(step, learner, source, logger, first, run_dir, components)
         return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
                               cfg.checkpoint.keep_last, cfg.checkpoint.merged)
 
-    timer = {"sample": 0.0, "reward": 0.0}
-
-    def draw() -> ScoredGroups:
+    def draw(timer: dict) -> ScoredGroups:
         """B prompts from the stream, G completions each from the current policy, scored."""
         t0 = time.perf_counter()
         batch = as_batch(stream.next(), fmt)
@@ -132,14 +135,36 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
         scores = rewards(group, rollouts)  # rewards are called as TRL calls them
         timer["sample"], timer["reward"] = timer["sample"] + t1 - t0, timer["reward"] + time.perf_counter() - t1
+        timer["version"] = min(timer.get("version", rollouts.version), rollouts.version)  # the weights that sampled
         return ScoredGroups(group.prompts, group.columns, rollouts, scores, G)
 
-    for step in range((state.step if state else 0) + 1, total_steps + 1):
+    def sample_step() -> tuple:
+        """One step's rollouts: the batch filter picks the groups to train on, drawing more if it must."""
+        timer = {"sample": 0.0, "reward": 0.0}
+        return *batch_filter(lambda: draw(timer)), timer
+
+    # Drawn when a step needs them, or ahead while the learner trains (algo.max_staleness > 0).
+    source = RolloutSource.from_config(cfg.algo, sample_step, stream)
+    cleanup.callback(source.close)
+
+    @contextlib.contextmanager
+    def stop_if_sampler_fails(completed: int):
+        """A vLLM server that died or hung: a checkpoint of the last completed step, one line, exit 1."""
+        try:
+            yield
+        except SamplerError as err:
+            source.halt()
+            saved = save(completed, f"step_{completed}")
+            logger.close()
+            raise RunStopped(f"stopped after step {completed}: {err}; checkpoint {saved}; "
+                             f"continue with: grpo-train resume={run_dir}") from None
+
+    for step in range(start + 1, total_steps + 1):
         t0 = time.perf_counter()
-        timer.update(sample=0.0, reward=0.0)
         # 1-2. Sample B prompts x G completions and score every completion (each reward is kept
         #      for logging); the batch filter picks the groups to train on, drawing more if it must.
-        drawn, groups = batch_filter(draw)
+        with stop_if_sampler_fails(step - 1):
+            drawn, groups, timer = source.next(step)
         sampler.sleep()  # with sampler.sleep_level > 0 the learner gets the engine's GPU memory
         run_state.pause_for_test("rollout", step)
         rollouts, scores, prompts = groups.rollouts, groups.scores, groups.prompts
@@ -162,7 +187,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
         # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
         #    the KL reference moves to it too.
-        sampler.load_weights(learner.weights())
+        with stop_if_sampler_fails(step):
+            sampler.load_weights(learner.weights(), version=step)
         t_sync = time.perf_counter()
         events = ref_refresh(step)
 
@@ -191,6 +217,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
             "time/sync_s": t_sync - t_learn,
             "time/step_s": t_sync - t0,
             "tokens_per_s": drawn.rollouts.num_tokens / timer["sample"],
+            **timer["info"],  # rollout/version, rollout/staleness: the weights that sampled this step
             "epoch": stream.epoch,
             **events,
         }

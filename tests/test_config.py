@@ -129,6 +129,9 @@ BAD_INPUTS = [
     ("model=nope", "Could not find 'model/nope'"),
     ("model.path=/no/such/model", "model.path='/no/such/model' is invalid: no such file or directory"),
     ("data.path=./missing.jsonl", "data.path='./missing.jsonl' is invalid: no such file or directory"),
+    ("algo.max_staleness=1", "algo.max_staleness=1 is invalid: needs sampler.kind=server"),
+    ("sampler.kind=remote", "sampler.kind='remote' is invalid: must be colocated or server"),
+    ("sampler.url=localhost:8000", "sampler.url='localhost:8000' is invalid: must start with http://"),
 ]
 
 
