@@ -137,10 +137,10 @@ class ShmWeightSync:
         tensors, seen = {}, set()
         for name, t in weights:
             t = t.detach().to("cpu").contiguous()
-            if t.data_ptr() in seen:  # tied weights (embeddings = lm_head): vLLM loads the tie from one
-                continue
+            # Tied weights (lm_head = embeddings) share memory, which safetensors refuses; vLLM's
+            # in-place reload wants both names (its lm_head keeps the old values otherwise).
+            tensors[name] = t.clone() if t.data_ptr() in seen else t
             seen.add(t.data_ptr())
-            tensors[name] = t
         save_file(tensors, str(self.dir / "model.safetensors"))
         self.post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(self.dir)}})
 

@@ -149,7 +149,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     @contextlib.contextmanager
     def stop_if_sampler_fails(completed: int):
-        """A vLLM server that died or hung: a checkpoint of the last completed step, one line, exit 1."""
+        """A vLLM server that died or hung while drawing: a checkpoint of the last completed step, one line, exit 1."""
         try:
             yield
         except SamplerError as err:
@@ -187,8 +187,11 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
         # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
         #    the KL reference moves to it too.
-        with stop_if_sampler_fails(step):
+        sync_failed = None
+        try:
             sampler.load_weights(learner.weights(), version=step)
+        except SamplerError as err:  # a vLLM server that died: this step is done, so it is logged and saved, then the run stops
+            sync_failed = (str(err), 1)
         t_sync = time.perf_counter()
         events = ref_refresh(step)
 
@@ -232,9 +235,9 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
                  **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
                 for i in range(min(cfg.logger.completions_rows, len(prompts)))
             ])
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps:
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and not sync_failed:
             run_eval(step)
-        stop = stop_reason(signals, learner.bad_steps, rewards)  # Ctrl-C, NaN steps, a failing reward
+        stop = stop_reason(signals, learner.bad_steps, rewards) or sync_failed  # Ctrl-C, NaN steps, a failing reward
         if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             saved = save(step, f"step_{step}")
         if stop:
