@@ -104,6 +104,15 @@ def packed_mask(model: torch.nn.Module, pk) -> torch.Tensor | None:
     return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(model.dtype).min)
 
 
+def attention_cost(model: torch.nn.Module) -> float:
+    """What one query-key pair of a packed row costs, in token slots: 4 H flops per layer (scores and
+    values) against 2 N per token for the matmuls, times 5 because masked sdpa ran at about a fifth
+    of the matmul rate on the CPU (scripts/profile_learner.py). Decides how wide packed rows get."""
+    text = model.config.get_text_config()
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 5 * 4 * text.hidden_size * text.num_hidden_layers / (2 * n)
+
+
 def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear]:
     """(backbone that returns hidden states, lm_head) of a transformers causal LM."""
     return getattr(model, model.base_model_prefix), model.get_output_embeddings()
@@ -141,6 +150,7 @@ class Learner:
                 backbone = split_lm(model)[0]
                 self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
         self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
+        self.attn_cost = attention_cost(self.policy)
 
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch, entropy: bool = False):
         """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T].
@@ -157,7 +167,7 @@ class Learner:
                 # Shared prompts need the tree-shaped 4D mask (sdpa, eager attention).
                 share = self.cfg.train.share_prompts and model.config._attn_implementation in MASKED_ATTENTION
                 groups = mb.prompt_groups if share else None
-                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1], groups)
+                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1], groups, self.attn_cost)
                 slots = (pk.real_tokens, pk.src.numel())
                 pk = pk.to(ids.device)
                 hidden = backbone(input_ids=pack_ids(ids, pk, 0), attention_mask=packed_mask(model, pk),

@@ -59,67 +59,71 @@ class Packing:
         return (causal & same & seen)[:, None]  # [R, 1, L, L]
 
 
-def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Bins (lists of item indices) of total length <= capacity, longest items placed first."""
-    bins: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for b, room in enumerate(free):
-            if lengths[i] <= room:
-                bins[b].append(i)
-                free[b] -= lengths[i]
-                break
-        else:
-            bins.append([i])
-            free.append(capacity - lengths[i])
-    return bins
-
-
 def plan(prompt_lens: torch.Tensor, completion_lens: torch.Tensor, width: int,
-         groups: torch.Tensor | None = None, share_width: int = 4) -> Packing:
+         groups: torch.Tensor | None = None, attn_cost: float = 0.0) -> Packing:
     """The packing of a micro-batch whose row i holds prompt_lens[i] prompt tokens ending at column
     P = width - max(completion_lens) and completion_lens[i] completion tokens from column P on.
 
-    `groups` [n] (host): rows with equal ids hold the same prompt, which is then fed once per
-    segment; a segment takes completions until it would pass `share_width` x the longest sequence
-    (a row's attention costs its width squared). None: every row is a segment of its own.
-    The last completion token predicts nothing, so a sequence packs p + c - 1 tokens.
+    `groups` [n] (host): rows with equal ids hold the same prompt, fed once per packed row. Wider
+    rows let more completions share a prompt but cost attention (R * L^2 query-key pairs): rows of
+    1, 2 and 4 x the longest sequence are tried and the cheapest kept, counting a pair as
+    `attn_cost` token slots. None: every sequence on its own, rows of the longest sequence.
     """
     p_lens, c_lens = prompt_lens.tolist(), completion_lens.tolist()  # [n] each, host
-    t = max(c_lens)
-    p_end = width - t  # P: the column where every completion starts
-    seq = [p + c - 1 for p, c in zip(p_lens, c_lens)]
+    seq = [p + c - 1 for p, c in zip(p_lens, c_lens)]  # the last completion token predicts nothing
+    ids = groups.tolist() if groups is not None else list(range(len(seq)))
     longest = max(max(seq), 1)
-    # Segments: (prompt length, rows sharing that prompt); a prompt is the same tokens in each row.
-    segments: list[tuple[int, list[int]]] = []
-    open_seg: dict[int, int] = {}  # group id -> index of its segment that still takes completions
-    for i, g in enumerate(groups.tolist() if groups is not None else range(len(seq))):
-        s = open_seg.get(g)
-        if s is not None and seg_len(segments[s], c_lens) + c_lens[i] - 1 <= share_width * longest:
-            segments[s][1].append(i)
-        else:
-            open_seg[g] = len(segments)
-            segments.append((p_lens[i], [i]))
-    lengths = [seg_len(sg, c_lens) for sg in segments]
-    row_w = max(lengths)  # L: the longest segment
-    bins = first_fit_decreasing(lengths, row_w)
-    rows_n = len(bins)
-    src = torch.full((rows_n, row_w), -1, dtype=torch.long)
-    pos = torch.zeros(rows_n, row_w, dtype=torch.long)
-    segment = torch.zeros(rows_n, row_w, dtype=torch.long)
-    branch = torch.zeros(rows_n, row_w, dtype=torch.long)
-    predict, rows, cols = [], [], []
-    for r, members in enumerate(bins):
+    options = [_rows(seq, c_lens, ids, k * longest) for k in ((1, 2, 4) if groups is not None else (1,))]
+    rows, row_w = min(options, key=lambda o: len(o[0]) * o[1] * (1 + attn_cost * o[1]))
+    return _layout(rows, row_w, p_lens, c_lens, width - max(c_lens))
+
+
+def _rows(seq: list[int], c_lens: list[int], ids: list[int], cap: int) -> tuple[list[dict[int, list[int]]], int]:
+    """First-fit into rows of `cap` slots: a sequence goes first into a row that already
+    holds its prompt (costing its c - 1 completion tokens there), else into the first row with room
+    for all its p + c - 1. Returns the rows (group id -> its sequences) and the fullest row's width."""
+    rows: list[dict[int, list[int]]] = []
+    free: list[int] = []
+    # Largest groups first, each group's sequences together and longest first, so that a group's
+    # completions land where its prompt already is; with no groups this is plain first-fit decreasing.
+    size: dict[int, int] = {}
+    for i, g in enumerate(ids):
+        size[g] = size.get(g, 0) + seq[i]
+    for i in sorted(range(len(seq)), key=lambda i: (-size[ids[i]], ids[i], -seq[i])):
+        r = next((r for r, row in enumerate(rows) if ids[i] in row and c_lens[i] - 1 <= free[r]), None)
+        if r is not None:
+            rows[r][ids[i]].append(i)
+            free[r] -= c_lens[i] - 1
+            continue
+        r = next((r for r, room in enumerate(free) if seq[i] <= room), None)
+        if r is None:
+            rows.append({})
+            free.append(cap)
+            r = len(rows) - 1
+        rows[r][ids[i]] = [i]
+        free[r] -= seq[i]
+    return rows, cap - min(free)
+
+
+def _layout(rows: list[dict[int, list[int]]], row_w: int, p_lens: list[int], c_lens: list[int], p_end: int) -> Packing:
+    """The index tensors of packed `rows` of width `row_w`; every completion starts at column p_end."""
+    width = p_end + max(c_lens)
+    src = torch.full((len(rows), row_w), -1, dtype=torch.long)
+    pos = torch.zeros(len(rows), row_w, dtype=torch.long)
+    segment = torch.zeros(len(rows), row_w, dtype=torch.long)
+    branch = torch.zeros(len(rows), row_w, dtype=torch.long)
+    predict, out_rows, cols = [], [], []
+    for r, row in enumerate(rows):
         at = 0
-        for s_id, s in enumerate(members):
-            p, seq_rows = segments[s]
-            first = seq_rows[0] * width + p_end - p  # flat index of the shared prompt's first token
+        for s_id, members in enumerate(row.values()):
+            p = p_lens[members[0]]
+            first = members[0] * width + p_end - p  # flat index of the shared prompt's first token
             src[r, at : at + p] = torch.arange(first, first + p)
             pos[r, at : at + p] = torch.arange(p)
-            segment[r, at : at + lengths[s]] = s_id
+            segment[r, at : at + p + sum(c_lens[i] - 1 for i in members)] = s_id
             last_prompt = r * row_w + at + p - 1  # the slot predicting every first completion token
             at += p
-            for k, i in enumerate(seq_rows):
+            for k, i in enumerate(members):
                 c = c_lens[i]
                 # Completion token j (j >= 1) is predicted by the slot holding token j - 1.
                 start = i * width + p_end  # flat index of this row's first completion token
@@ -127,18 +131,13 @@ def plan(prompt_lens: torch.Tensor, completion_lens: torch.Tensor, width: int,
                 pos[r, at : at + c - 1] = torch.arange(p, p + c - 1)
                 branch[r, at : at + c - 1] = k + 1
                 predict.append(torch.cat([torch.tensor([last_prompt]), torch.arange(r * row_w + at, r * row_w + at + c - 1)]))
-                rows.append(torch.full((c,), i, dtype=torch.long))
+                out_rows.append(torch.full((c,), i, dtype=torch.long))
                 cols.append(torch.arange(c))
                 at += c - 1
         pos[r, at:] = torch.arange(row_w - at)  # trailing padding: a run of its own
-        segment[r, at:] = len(members)
-    return Packing(src, pos, torch.cat(predict), torch.cat(rows), torch.cat(cols), segment, branch, sum(lengths))
-
-
-def seg_len(segment: tuple[int, list[int]], c_lens: list[int]) -> int:
-    """Tokens a segment feeds: its prompt once, then each completion but its last token."""
-    p, seq_rows = segment
-    return p + sum(c_lens[i] - 1 for i in seq_rows)
+        segment[r, at:] = len(row)
+    return Packing(src, pos, torch.cat(predict), torch.cat(out_rows), torch.cat(cols), segment, branch,
+                   int((src >= 0).sum()))
 
 
 def pack_ids(input_ids: torch.Tensor, packing: Packing, pad_id: int) -> torch.Tensor:

@@ -7,15 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_cli.packing import first_fit_decreasing, pack_ids, plan, unpack
-
-
-def test_first_fit_decreasing_respects_capacity_and_places_everything():
-    lengths = [7, 3, 5, 2, 2, 6, 1]
-    bins = first_fit_decreasing(lengths, 8)
-    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in b) <= 8 for b in bins)
-    assert len(bins) == 4  # 26 tokens need >= 4 bins of 8; FFD: [7,1] [6,2] [5,3] [2]
+from grpo_cli.packing import pack_ids, plan, unpack
 
 
 def _layout(prompts, completions, pad=0):
@@ -51,29 +43,32 @@ def test_a_shared_prompt_is_fed_once_and_seen_only_by_its_own_completions():
     ids, _, p, t = _layout(prompts, completions)
     pk = plan(torch.tensor([2, 3, 2]), torch.tensor([3, 2, 2]), ids.shape[1], groups=torch.tensor([0, 1, 0]))
     packed = pack_ids(ids, pk, pad_id=-1)  # [R, L]
-    # Segments: [11 12 | 13 14 | 16] (2 + 2 + 1 = 5 tokens) and [21 22 23 | 24] (4 tokens), rows of 5.
-    assert packed.tolist() == [[11, 12, 13, 14, 16], [21, 22, 23, 24, -1]]
-    assert pk.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 3, 0]]
-    assert pk.branch.tolist() == [[0, 0, 1, 1, 2], [0, 0, 0, 1, 0]]
+    # Free attention (attn_cost=0): one row of 9, [11 12 | 13 14 | 16] then [21 22 23 | 24].
+    assert packed.tolist() == [[11, 12, 13, 14, 16, 21, 22, 23, 24]]
+    assert pk.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 3]]
+    assert pk.branch.tolist() == [[0, 0, 1, 1, 2, 0, 0, 0, 1]]
     assert pk.real_tokens == 9
-    mask = pk.attention_mask()[0, 0].int()  # [L, L] of the first row
-    assert mask.tolist() == [[1, 0, 0, 0, 0],
-                             [1, 1, 0, 0, 0],
-                             [1, 1, 1, 0, 0],
-                             [1, 1, 1, 1, 0],
-                             [1, 1, 0, 0, 1]]  # 16 sees the prompt and itself, not 13 14
-    assert pk.attention_mask()[1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]  # padding sees only itself
+    mask = pk.attention_mask()[0, 0].int()  # [L, L]
+    assert mask[:5, :5].tolist() == [[1, 0, 0, 0, 0],
+                                     [1, 1, 0, 0, 0],
+                                     [1, 1, 1, 0, 0],
+                                     [1, 1, 1, 1, 0],
+                                     [1, 1, 0, 0, 1]]  # 16 sees the prompt and itself, not 13 14
+    assert mask[5:, :5].sum() == 0 and mask[:5, 5:].sum() == 0  # the two prompts' segments apart
     # Both first completion tokens (13 and 16) are predicted by the prompt's last slot (12).
     targets = unpack(packed.reshape(-1)[pk.predict].float(), pk, 3, t)
     assert targets.tolist() == [[12, 13, 14], [23, 24, 0], [12, 16, 0]]
 
 
-def test_a_segment_stops_taking_completions_at_share_width():
-    """Three rows with one prompt of 4 and completions of 6: sequences of 9, a segment at most 2 x 9
-    = 18 tokens, so the prompt is fed twice: [4 + 5 + 5] and [4 + 5]."""
-    pk = plan(torch.tensor([4, 4, 4]), torch.tensor([6, 6, 6]), 10, groups=torch.zeros(3, dtype=torch.long), share_width=2)
-    assert pk.real_tokens == 14 + 9
-    assert sorted(pk.branch.amax(-1).tolist()) == [1, 2]
+def test_costly_attention_keeps_rows_as_narrow_as_the_longest_sequence():
+    """The same batch when a query-key pair costs as much as a token slot: rows of 4 (the longest
+    sequence), where 16 cannot join its prompt's row and packs a second copy of [11, 12]."""
+    prompts, completions = [[11, 12], [21, 22, 23], [11, 12]], [[13, 14, 15], [24, 25], [16, 17]]
+    ids, _, _, _ = _layout(prompts, completions)
+    pk = plan(torch.tensor([2, 3, 2]), torch.tensor([3, 2, 2]), ids.shape[1], torch.tensor([0, 1, 0]), attn_cost=1.0)
+    assert pack_ids(ids, pk, pad_id=-1).tolist() == [[11, 12, 13, 14], [11, 12, 16, -1], [21, 22, 23, 24]]
+    padding = pk.attention_mask()[1, 0, 3].int().tolist()
+    assert padding == [0, 0, 0, 1]  # padding sees only itself
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared-prompts"])
