@@ -42,6 +42,7 @@ class RolloutBatch:
     prompt_lens: torch.Tensor  # [N] on the host
     completion_lens: torch.Tensor  # [N] on the host
     truncated: torch.Tensor  # [N] bool: the completion hit max_tokens (finish reason "length")
+    prompt_groups: torch.Tensor  # [N] on the host: rows with equal ids have the same prompt tokens
 
     @classmethod
     def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int,
@@ -58,12 +59,14 @@ class RolloutBatch:
             logp[i, : len(lp)] = torch.tensor(lp)
         lens = (torch.tensor([len(x) for x in prompt_ids]), torch.tensor([len(x) for x in completion_ids]))
         truncated = torch.tensor([r == "length" for r in finish_reasons or ["stop"] * n], dtype=torch.bool)
-        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens, truncated)
+        first_seen: dict[tuple[int, ...], int] = {}
+        groups = torch.tensor([first_seen.setdefault(tuple(pr), len(first_seen)) for pr in prompt_ids])
+        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens, truncated, groups)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    _HOST = ("prompt_lens", "completion_lens")
+    _HOST = ("prompt_lens", "completion_lens", "prompt_groups")
 
     def to(self, device: torch.device) -> RolloutBatch:
         """The device tensors moved to `device` in one go; the lengths stay on the host."""
@@ -81,8 +84,34 @@ class RolloutBatch:
         return RolloutBatch(
             self.input_ids[rows, cols], self.attention_mask[rows, cols], self.completion_mask[rows, :t],
             self.advantages[rows], self.sampler_logp[rows, :t], self.prompt_lens[idx], self.completion_lens[idx],
-            self.truncated[rows],
+            self.truncated[rows], self.prompt_groups[idx],
         )
+
+
+MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take a prepared 4D mask
+
+
+def packed_mask(model: torch.nn.Module, pk) -> torch.Tensor | None:
+    """The packing's [R, 1, L, L] mask as the model's attention takes it: bool for sdpa (True =
+    attend), additive for eager. transformers uses a 4D mask as given, so the forward has no
+    data-dependent check (no host sync on CUDA, no graph break under torch.compile). Other
+    implementations (flash attention) get None and find the sequences from the position ids."""
+    impl = model.config._attn_implementation
+    if impl not in MASKED_ATTENTION:
+        return None
+    mask = pk.attention_mask()  # [R, 1, L, L]
+    if impl == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(model.dtype).min)
+
+
+def attention_cost(model: torch.nn.Module) -> float:
+    """What one query-key pair of a packed row costs, in token slots: 4 H flops per layer (scores and
+    values) against 2 N per token for the matmuls, times 5 because masked sdpa ran at about a fifth
+    of the matmul rate on the CPU (scripts/profile_learner.py). Decides how wide packed rows get."""
+    text = model.config.get_text_config()
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 5 * 4 * text.hidden_size * text.num_hidden_layers / (2 * n)
 
 
 def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear]:
@@ -125,6 +154,7 @@ class Learner:
                 backbone = split_lm(model)[0]
                 self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
         self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
+        self.attn_cost = attention_cost(self.policy)
 
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch, entropy: bool = False):
         """log pi(token) of each completion token, at the sampling temperature, in fp32: [n, T].
@@ -138,12 +168,14 @@ class Learner:
         backbone = self.backbones.get(model, backbone)  # compiled for the policy and reference (train.compile)
         with self.autocast():
             if self.cfg.train.pack_sequences:  # grpo_cli/packing.py: rows of whole sequences, no padding
-                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1])
+                # Shared prompts need the tree-shaped 4D mask (sdpa, eager attention).
+                share = self.cfg.train.share_prompts and model.config._attn_implementation in MASKED_ATTENTION
+                groups = mb.prompt_groups if share else None
+                pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1], groups, self.attn_cost)
                 slots = (pk.real_tokens, pk.src.numel())
                 pk = pk.to(ids.device)
-                # use_cache=False: with a KV cache, transformers does not look for packed sequences.
-                hidden = backbone(input_ids=pack_ids(ids, pk, 0), position_ids=pk.position_ids,
-                                  use_cache=False).last_hidden_state  # [R, L, H]
+                hidden = backbone(input_ids=pack_ids(ids, pk, 0), attention_mask=packed_mask(model, pk),
+                                  position_ids=pk.position_ids, use_cache=False).last_hidden_state  # [R, L, H]
                 hidden = hidden.flatten(0, 1)[pk.predict]  # [M, H] the positions predicting completion tokens
                 targets = ids[:, -t:][pk.rows, pk.cols]  # [M]
             else:

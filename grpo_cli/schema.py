@@ -279,6 +279,12 @@ class TrainConfig:
     block-diagonal causal mask) so no forward/backward compute goes to padding; false pads every
     sequence to the longest (bench-cpu on CPU: learner 2.7 s -> 1.5 s per step). The padded-token
     fraction is logged as learner/pad_frac."""
+    share_prompts: bool = True
+    """With pack_sequences, feed each prompt once per micro-batch and let its completions (the G of a
+    group that fall in the micro-batch) attend to that one copy through a tree-shaped mask: the same
+    log-probs and gradients, the prompt's compute paid once instead of G times (the demo's learner
+    step: 1.08 s -> 0.29 s). Rows widen (1, 2 or 4 x the longest sequence) only where the saved
+    prompt tokens outweigh the wider attention."""
     compile: bool = False
     """torch.compile the policy's and reference's transformer (dynamic shapes), fusing the many
     small element-wise ops. Costs a one-off compile (~40 s on 2 CPU cores), then bench-cpu's

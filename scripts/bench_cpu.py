@@ -249,8 +249,10 @@ def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
            "others_cpu_share": res["others_cpu"], "median": {k: statistics.median(v) for k, v in s.items()},
            "gen_tokens_per_s": statistics.median(t / x for t, x in zip(s["gen_tokens"], step_s))}
     if "time/learner_s" in s:  # grpo-cli: learner MFU per step, then the median
-        # Policy forward + backward (6 N) and reference forward (2 N) per real token, prompt + completion.
-        flops = [(6 + 2) * n_params * B * G * (prompt_len + c) for c in s["completion_len/mean"]]
+        # Policy forward + backward (6 N) and reference forward (2 N) per token the update needs: each
+        # prompt once (its G completions share it) and each completion token but the last (which
+        # predicts nothing).
+        flops = [(6 + 2) * n_params * (B * prompt_len + B * G * (c - 1)) for c in s["completion_len/mean"]]
         out["learner_flops_per_step"] = statistics.median(flops)
         out["learner_mfu"] = statistics.median(
             f / t / (peak[dtype] * 1e9) for f, t in zip(flops, s["time/learner_s"]))
@@ -321,7 +323,7 @@ def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
     Console(width=130).print(table)
     first = next(iter(runs.values()))
     peak = first["grpo_cli"]["matmul_peak_gflops"]
-    print(f"learner FLOPs/step = (6 x N + 2 x N) x {B * G} x (prompt {prompt_len:.2f} + completion mean) "
+    print(f"learner FLOPs/step = (6 x N + 2 x N) x ({B} x prompt {prompt_len:.2f} + {B * G} x (completion mean - 1)) "
           f"tokens = {first['grpo_cli']['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} "
           "matmul params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding "
           "not counted). MFU = FLOPs / time/learner_s / F.linear peak (2 threads) just before grpo-cli ran: "

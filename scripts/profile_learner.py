@@ -1,10 +1,12 @@
 """Where a learner step of the bench-cpu workload spends its time (torch.profiler, CPU).
 
-    .venv/bin/python scripts/profile_learner.py [--steps 3] [--rows 25] [KEY=VALUE ...]
+    .venv/bin/python scripts/profile_learner.py [--shape bench|demo] [--steps 3] [--rows 25] [KEY=VALUE ...]
 
 Builds the bench model (grpo_cli.tiny, random init) and one rollout batch of the bench's shape
 (16 prompts "a+b=" x G=8, completion lengths drawn like the bench's, mean ~42 of <= 64 tokens,
-random tokens), runs one warm-up `Learner.train_step`, then profiles `--steps` more. Prints the
+random tokens) or, with `--shape demo`, of `make demo`'s (32 prompts "max(a,b)=" of 11 tokens x G=8,
+completions of 2-5 tokens, one micro-batch of 256), runs one warm-up `Learner.train_step`, then
+profiles `--steps` more. Prints the
 wall time per step and the top ops by self CPU time. Extra arguments are grpo-train overrides
 (e.g. train.autocast_dtype=bfloat16 train.pack_sequences=false train.compile=true) applied to the learner's config.
 """
@@ -18,16 +20,22 @@ from pathlib import Path
 
 import torch
 
-B, G, MAX_NEW = 16, 8, 64
+G = 8
+SHAPES = {  # prompts per step, longest completion, prompt lengths (low, high + 1)
+    "bench": (16, 64, (5, 7)),
+    "demo": (32, 8, (11, 12)),
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="bench")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=25, help="ops in the table")
     p.add_argument("--trace", type=Path, help="also write a Chrome trace here")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
+    B, MAX_NEW, prompt_lens = SHAPES[a.shape]
 
     from grpo_cli.config import compose
     from grpo_cli.learner import Learner, RolloutBatch
@@ -47,11 +55,14 @@ def main() -> None:
     learner = Learner(cfg, total_optim_steps=100)
     gen = torch.Generator().manual_seed(0)
     n = B * G
-    # Lengths like the bench's random model: EOS (1/128 per token) or the 64-token limit.
-    lengths = torch.distributions.Geometric(probs=torch.tensor(1 / 64)).sample((n,)).clamp(1, MAX_NEW).long() + 1
-    lengths = lengths.clamp_max(MAX_NEW)
-    prompts = [torch.randint(3, 128, (int(torch.randint(5, 7, (1,), generator=gen)),), generator=gen).tolist()
-               for _ in range(B) for _ in range(G)]
+    if a.shape == "bench":  # like the bench's random model: EOS (1/128 per token) or the 64-token limit
+        lengths = torch.distributions.Geometric(probs=torch.tensor(1 / 64)).sample((n,)).clamp(1, MAX_NEW).long() + 1
+        lengths = lengths.clamp_max(MAX_NEW)
+    else:  # the demo's warm-started model: two digits and EOS, sometimes more
+        lengths = torch.randint(2, 6, (n,), generator=gen)
+    groups = [torch.randint(3, 128, (int(torch.randint(*prompt_lens, (1,), generator=gen)),), generator=gen).tolist()
+              for _ in range(B)]
+    prompts = [pr for pr in groups for _ in range(G)]  # G completions of each prompt, as the loop has them
     comps = [torch.randint(3, 128, (int(t),), generator=gen).tolist() for t in lengths]
     logps = [[-4.8] * len(c) for c in comps]
     adv = torch.randn(n, generator=gen)

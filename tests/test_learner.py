@@ -131,3 +131,32 @@ def test_packed_sequences_give_the_padded_logprobs_and_update(tiny_overrides, ex
     # first-fit-decreasing rows of 13: [13] [9, 4] [5, 4, 1].
     assert pad[0] == pytest.approx(1 - 42 / 84)
     assert pad[1] == pytest.approx(1 - 36 / 39)
+
+
+@pytest.mark.parametrize("extra", [[], ["train.compile=true"]], ids=["eager", "compiled"])
+def test_shared_prompts_give_the_padded_logprobs_and_update(tiny_overrides, extra):
+    """Two prompts x G=3 completions: with train.share_prompts each prompt is fed once per
+    micro-batch and its completions attend to that copy. Same log-probs and SGD step as the padded
+    layout, and the prompts' slots counted once."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 60, (n,), generator=g).tolist() for n in (4, 6)]
+    c_lens = [2, 9, 1, 6, 3, 5]
+    completions = [torch.randint(3, 60, (n,), generator=g).tolist() for n in c_lens]
+    batch = RolloutBatch.build([prompts[i // 3] for i in range(6)], completions, [[0.0] * n for n in c_lens],
+                               torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), PAD)
+    assert batch.prompt_groups.tolist() == [0, 0, 0, 1, 1, 1]
+    logps, weights, fed = [], [], []
+    for layout in (["train.pack_sequences=false"], ["train.share_prompts=false"], ["train.share_prompts=true", *extra]):
+        cfg = compose(tiny_overrides + ["algo.beta=0.04", "optim=sgd", "optim.lr=1.0", "train.micro_batch_size=6", *layout])
+        learner = Learner(cfg, total_optim_steps=1)
+        with torch.no_grad():
+            logps.append(learner.completion_logprobs(learner.policy, batch) * batch.completion_mask)
+        learner.train_step(batch)
+        fed.append(int(learner.tokens[0]))
+        weights.append(torch.cat([p.detach().flatten() for p in learner.policy.parameters()]))
+    for i in (1, 2):
+        torch.testing.assert_close(logps[i], logps[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(weights[i], weights[0], atol=1e-5, rtol=1e-5)
+    # Real tokens fed: padded 3 x 4 + 3 x 6 prompt + 26 completion; packed: the last completion
+    # token of each row is not fed (26 - 6); shared: each prompt once (4 + 6).
+    assert fed == [30 + 26, 30 + 20, 10 + 20]
