@@ -108,7 +108,12 @@ def print_summary(sweep_dir: Path, rows: list[dict[str, Any]], csv_path: Path) -
     for row in rows:
         table.add_row(*["-" if row[c] is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
                         for c in COLUMNS])
-    Console(stderr=True).print(table)
+    # Not a terminal (a log file, a pipe, a CI job): rich would squeeze the table into 80 columns
+    # and cut the overrides to "algo.bet…"; the table is only as wide as its contents anyway.
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 240
+    console.print(table)
 
 
 class SweepSummary(Callback):
