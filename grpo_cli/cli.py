@@ -23,7 +23,12 @@ def _run(cfg: DictConfig) -> float | None:
     exit_on_config_error(cfg)
     quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
     # Heavy imports (torch, vllm) only once the config is good and those switches are set.
+    from grpo_cli import distributed
     from grpo_cli.faults import RunStopped
+
+    if distributed.world_size(cfg.train.nproc) > 1 and distributed.from_env().world == 1:
+        # train.nproc=N: N ranks of this same command (torch's elastic launcher), all in this run dir.
+        sys.exit(distributed.launch(cfg.train.nproc, HydraConfig.get().runtime.output_dir, sys.argv[1:]))
     from grpo_cli.train import run
 
     try:
@@ -34,6 +39,8 @@ def _run(cfg: DictConfig) -> float | None:
     except UserError as err:  # the user's data, reward or model: one line, no traceback
         print(f"grpo-train: error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        distributed.destroy()  # under torchrun: the engine, then the process group
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:
@@ -51,9 +58,23 @@ def _quiet_early(argv: list[str]) -> None:
     quiet_before_imports(verbose)
 
 
+def _one_run_dir(argv: list[str]) -> list[str]:
+    """Under plain torchrun, every rank into one run dir (grpo_cli/distributed.py pins it)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return argv
+    from grpo_cli.distributed import pin_run_dir
+    from grpo_cli.schema import TrainConfig
+
+    timeout = [a.split("=", 1)[1] for a in argv if a.startswith("train.dist_timeout_s=")]
+    return pin_run_dir(argv, float(timeout[-1]) if timeout else TrainConfig.dist_timeout_s)
+
+
 def train_main() -> None:
     sys.argv[1:] = _resume_in_place(sys.argv[1:])
     _quiet_early(sys.argv[1:])
+    sys.argv[1:] = _one_run_dir(sys.argv[1:])
     _run()
 
 

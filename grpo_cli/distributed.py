@@ -215,11 +215,14 @@ def destroy() -> None:
         return
     from grpo_cli import sampler
 
-    for llm in sampler._ENGINES.values():
-        sampler._shut_down(llm)
-    sampler._ENGINES.clear()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        for llm in sampler._ENGINES.values():
+            sampler._shut_down(llm)
+        sampler._ENGINES.clear()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # a peer died: the group is broken already, and the process is ending
+        pass
 
 
 def check_split(prompts_per_step: int, world: int, optim_batch_size: int | None) -> None:
