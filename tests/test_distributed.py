@@ -69,3 +69,113 @@ def test_two_ranks_log_the_one_process_metrics(learner_runs, variant):
         for k in m1:
             if k != "learner/pad_frac":
                 assert m2[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-6), (variant, k)
+
+
+# --- the whole loop under torchrun, through the real engines ------------------------------------
+
+WALL_CLOCK = ("time/", "tokens_per_s")  # the only numbers a resumed run may log differently
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if not k.startswith(WALL_CLOCK)} for m in lines]
+
+
+def _train_args(tiny_overrides, steps: int) -> list[str]:
+    base = [o for o in tiny_overrides if not o.startswith("train.max_steps")]
+    return base + [f"train.max_steps={steps}", "checkpoint.every=2", "checkpoint.keep_last=0",
+                   "optim.lr=0.05", "algo.beta=0"]
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_two_ranks_train_through_the_engines_then_resume_under_torchrun(tiny_overrides, tmp_path):
+    """4 steps on 2 ranks (plain torchrun, no run dir given: both ranks find the same one), then a
+    copy cut back to its step-2 checkpoint resumes under torchrun and logs the same numbers."""
+    out = _run(TORCHRUN + ["2", "--standalone", "-m", "grpo_cli", *_train_args(tiny_overrides, 4)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1, runs  # one run dir for both ranks
+    run = runs[0]
+    step2 = run / "checkpoints" / "step_2"
+    manifest = json.loads((step2 / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and "rank_1.pt" in manifest["files"]
+    full = _metrics(run)
+    assert [m["step"] for m in full] == [0, 1, 2, 3, 4, 4]  # eval, 4 steps, eval: rank 0 alone logs
+    assert all(m["filter/groups_drawn"] == 4 for m in full[1:5])  # both ranks' 2 groups each
+
+    resumed = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(run, resumed)
+    for name in ("step_4", "final"):
+        shutil.rmtree(resumed / "checkpoints" / name)
+    out = _run(TORCHRUN + ["2", "--standalone", "-m", "grpo_cli", f"resume={resumed}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _metrics(resumed) == full  # steps 3-4 again, from both ranks' restored RNGs and data
+    final = torch.load(run / "checkpoints" / "final" / "trainer_state.pt", weights_only=False)
+    again = torch.load(resumed / "checkpoints" / "final" / "trainer_state.pt", weights_only=False)
+    assert final["data"] == again["data"] and final["step"] == again["step"] == 4
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+def test_prompts_per_step_that_does_not_split_is_a_one_line_error(tiny_overrides, tmp_path):
+    out = _run([sys.executable, "-m", "grpo_cli", *tiny_overrides, "train.nproc=3",
+                f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.prompts_per_step=4" in lines[0] and "3 processes" in lines[0], out.stderr
+    assert not (tmp_path / "run").exists()  # nothing launched, nothing written
+
+
+def test_torchrun_world_size_is_checked_too(tiny_overrides, monkeypatch):
+    from grpo_cli.config import ConfigError, validate
+    from tests.conftest import compose
+
+    monkeypatch.setenv("WORLD_SIZE", "3")  # inside a torchrun rank, the world is torchrun's
+    with pytest.raises(ConfigError, match=r"train.prompts_per_step=4 is invalid: must divide by the 3"):
+        validate(compose(tiny_overrides))
+
+
+@pytest.mark.engine
+def test_when_a_rank_dies_the_others_stop_with_an_error_not_a_hang(tiny_overrides, tmp_path):
+    """`grpo-train train.nproc=2`; SIGKILL rank 1 at step 1: the launcher stops rank 0 and exits
+    with one line naming the dead rank, well before any timeout."""
+    import signal
+    import time
+
+    log = tmp_path / "err.txt"
+    args = [sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 3), "train.nproc=2",
+            "train.dist_timeout_s=120", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = _env() | {"GRPO_CLI_TEST_PAUSE": "learner@1", "GRPO_CLI_TEST_PAUSE_S": "5"}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
+        deadline = time.monotonic() + 240
+        while log.read_text().count("paused at learner@1") < 1:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "never reached learner@1"
+            time.sleep(0.1)
+        rank1 = _rank_pid(proc.pid, 1)
+        os.kill(rank1, signal.SIGKILL)
+        t0 = time.monotonic()
+        proc.wait(timeout=110)
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 60  # the agent tore the group down; nobody waited for a timeout
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("grpo-train: error: rank 1 of 2 exited with code -9"), log.read_text()[-3000:]
+
+
+def _rank_pid(parent: int, rank: int) -> int:
+    """The pid of torchrun rank `rank` among the launcher's children (their environment says RANK)."""
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            stat = (proc_dir / "stat").read_text()
+            environ = (proc_dir / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and f"RANK={rank}".encode() in environ:
+            return int(proc_dir.name)
+    raise AssertionError(f"no rank {rank} under pid {parent}")
