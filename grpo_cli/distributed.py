@@ -269,6 +269,8 @@ def launch(nproc: int, run_dir: str, argv: list[str]) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.5)
+    if not torch.cuda.is_available():  # N ranks share this host's cores (torchrun sets 1 per rank)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = ["-m", "grpo_cli", *[a for a in argv if not a.startswith("hydra.run.dir=")], f"hydra.run.dir={run_dir}"]
     try:
         elastic_launch(config, sys.executable)(*args)
