@@ -179,3 +179,11 @@ def _rank_pid(parent: int, rank: int) -> int:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent and f"RANK={rank}".encode() in environ:
             return int(proc_dir.name)
     raise AssertionError(f"no rank {rank} under pid {parent}")
+
+
+def test_fsdp2_is_a_one_line_error_until_it_exists(tiny_overrides):
+    from grpo_cli.config import ConfigError, validate
+    from tests.conftest import compose
+
+    with pytest.raises(ConfigError, match=r"train.strategy='fsdp2' is invalid: fsdp2 is not implemented yet"):
+        validate(compose(tiny_overrides + ["train.strategy=fsdp2"]))
