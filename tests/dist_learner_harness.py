@@ -32,6 +32,7 @@ VARIANTS = {  # name -> overrides: every aggregation, and mu > 1
     "dr_grpo_constant": ["algo=dr_grpo", *SGD],
     "grpo_mu2": ["algo=grpo", "algo.num_iterations=2", *SGD],
     "grpo_adamw": ["algo=grpo", "optim.lr=1e-3"],
+    "dapo_rank1_empty": ["algo=dapo", *SGD],  # rank 1 trains on nothing but joins every collective
 }
 B, G = 4, 4
 
@@ -49,9 +50,13 @@ def recorded_batch() -> RolloutBatch:
     return RolloutBatch.build(prompts, completions, logp, adv, 0, finish)
 
 
-def share(batch: RolloutBatch, me: distributed.Dist) -> RolloutBatch:
-    """Rank r's contiguous groups: rows [r * N / world, (r + 1) * N / world)."""
-    per = len(batch) // me.world
+def share(batch: RolloutBatch, me: distributed.Dist, last_rank_empty: bool = False) -> RolloutBatch | None:
+    """Rank r's contiguous groups: rows [r * N / world, (r + 1) * N / world). With `last_rank_empty`
+    the last rank has none (all its groups filtered out) and the global batch is the other ranks'
+    rows, which is what the 1-process run gets."""
+    per = len(batch) // max(me.world, 2 if last_rank_empty else 1)
+    if last_rank_empty and me.world > 1 and me.rank == me.world - 1:
+        return None
     return batch.select(torch.arange(me.rank * per, (me.rank + 1) * per))
 
 
@@ -62,7 +67,7 @@ def main(out: Path, overrides: list[str]) -> None:
         cfg = compose(overrides + extra)
         torch.manual_seed(0)
         learner = Learner(cfg, total_optim_steps=10, dist=me)
-        batch = share(recorded_batch(), me)
+        batch = share(recorded_batch(), me, last_rank_empty=name.endswith("_empty"))
         params, metrics = {}, []
         for step in (1, 2, 3):
             metrics.append(to_host(learner.train_step(batch)))

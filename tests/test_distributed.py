@@ -43,7 +43,7 @@ def learner_runs(tiny_overrides, tmp_path_factory):
 
 
 VARIANTS = {"grpo_seq_mean": 1e-6, "dapo_token_mean": 1e-6, "dr_grpo_constant": 1e-6, "grpo_mu2": 1e-6,
-            "grpo_adamw": 1e-5}  # variant -> tolerance on every parameter (AdamW: see the harness)
+            "grpo_adamw": 1e-5, "dapo_rank1_empty": 1e-6}  # variant -> tolerance on every parameter (AdamW: see the harness)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -116,6 +116,29 @@ def test_two_ranks_train_through_the_engines_then_resume_under_torchrun(tiny_ove
     final = torch.load(run / "checkpoints" / "final" / "trainer_state.pt", weights_only=False)
     again = torch.load(resumed / "checkpoints" / "final" / "trainer_state.pt", weights_only=False)
     assert final["data"] == again["data"] and final["step"] == again["step"] == 4
+
+
+def test_resuming_with_another_number_of_ranks_is_a_one_line_error(tmp_path):
+    from grpo_cli.distributed import Dist
+    from grpo_cli.run_state import CheckpointError, load
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"step": 2, "files": {}, "world_size": 2}))
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), this run has 1: resume with train.nproc=2"):
+        load(tmp_path, Dist())
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_grpo_train_nproc_launches_the_ranks_itself(tiny_overrides, tmp_path):
+    """`grpo-train train.nproc=2`: torch's elastic launcher starts 2 ranks, both in the given run dir."""
+    run = tmp_path / "run"
+    out = _run([sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 2), "train.nproc=2",
+                f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((run / "checkpoints" / "final" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and "rank_1.pt" in manifest["files"]
+    assert [m["step"] for m in _metrics(run)] == [0, 1, 2, 2]
+    assert not (tmp_path / "outputs").exists()  # no rank made a run dir of its own
 
 
 # --- errors ----------------------------------------------------------------------------------------
