@@ -76,6 +76,14 @@ class Dist:
             return x
         return torch.cat([t.to(x.device) for t in self.gather(x.detach().cpu())])
 
+    def mean(self, values: dict[str, float], n: int) -> dict[str, float]:
+        """Means over each rank's `n` rows (e.g. its share of the eval set), joined weighted by n."""
+        if self.world == 1:
+            return values
+        parts = [(v, k) for v, k in self.gather((values, n)) if k]
+        total = sum(k for _, k in parts)
+        return {key: sum(v[key] * k for v, k in parts) / total for key in (parts[0][0] if parts else {})}
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
         if self.world == 1:

@@ -74,6 +74,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         fmt.check_columns(eval_rows, "evaluation")
         eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
+        eval_rows = me.share(eval_rows)  # each rank evaluates its share; the metrics are joined
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
     rewards = Rewards.from_config(cfg.reward)
@@ -81,10 +82,11 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     G, B = cfg.algo.group_size, cfg.train.prompts_per_step
 
     def run_eval(step: int) -> dict[str, float]:
-        if eval_rows is None or not me.main:  # rank 0 evaluates; the others wait at the next collective
+        if eval_rows is None:
             return {}
         metrics = evaluate(sampler, eval_batch, eval_ids, rewards, accuracy_reward, cfg.eval.pass_k,
-                           cfg.sampler.temperature, cfg.eval.max_tokens)
+                           cfg.sampler.temperature, cfg.eval.max_tokens) if len(eval_ids) else {}
+        metrics = me.mean(metrics, len(eval_ids))  # every rank's, weighted by its rows
         logger.log(step, metrics)
         return metrics
 

@@ -139,6 +139,12 @@ def test_grpo_train_nproc_launches_the_ranks_itself(tiny_overrides, tmp_path):
     assert manifest["world_size"] == 2 and "rank_1.pt" in manifest["files"]
     assert [m["step"] for m in _metrics(run)] == [0, 1, 2, 2]
     assert not (tmp_path / "outputs").exists()  # no rank made a run dir of its own
+    # Greedy evaluation split over the ranks (8 + 8 of the 16 eval rows) equals one process's.
+    single = tmp_path / "single"
+    out = _run([sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 2), f"hydra.run.dir={single}"],
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _metrics(single)[0] == _metrics(run)[0] and "eval/accuracy" in _metrics(run)[0]
 
 
 # --- errors ----------------------------------------------------------------------------------------
