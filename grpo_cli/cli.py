@@ -26,9 +26,10 @@ def _run(cfg: DictConfig) -> float | None:
     from grpo_cli import distributed
     from grpo_cli.faults import RunStopped
 
-    if distributed.world_size(cfg.train.nproc) > 1 and distributed.from_env().world == 1:
-        # train.nproc=N: N ranks of this same command (torch's elastic launcher), all in this run dir.
-        sys.exit(distributed.launch(cfg.train.nproc, HydraConfig.get().runtime.output_dir, sys.argv[1:]))
+    run_dir = HydraConfig.get().runtime.output_dir
+    nproc = distributed.ranks_to_launch(cfg.train.nproc, cfg.resume, run_dir)
+    if nproc > 1:  # train.nproc=N (or a resumed N-rank run): N ranks of this same command, all in this run dir
+        sys.exit(distributed.launch(nproc, run_dir, sys.argv[1:]))
     from grpo_cli.train import run
 
     try:

@@ -266,6 +266,22 @@ def pin_run_dir(argv: list[str], timeout_s: float) -> list[str]:
     return argv + [f"hydra.run.dir=outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"]
 
 
+def ranks_to_launch(nproc: int, resume: str | None, run_dir: str) -> int:
+    """How many ranks `grpo-train` must start: none inside a torchrun rank; for a resumed run the
+    checkpoint's number (unless train.nproc names one); else train.nproc."""
+    if from_env().world > 1:
+        return 1
+    if resume is not None and nproc == 1:
+        from pathlib import Path
+
+        from grpo_cli import run_state
+
+        checkpoint = run_state.find_resume(resume, Path(run_dir))
+        if checkpoint is not None:
+            return (run_state._manifest(checkpoint) or {}).get("world_size", 1)
+    return nproc
+
+
 def launch(nproc: int, run_dir: str, argv: list[str]) -> int:
     """`grpo-train train.nproc=N ...`: start N ranks of `python -m grpo_cli ARGV` with torch's
     elastic launcher (what torchrun runs), all writing into `run_dir`. Returns the exit code."""

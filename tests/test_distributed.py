@@ -145,6 +145,11 @@ def test_grpo_train_nproc_launches_the_ranks_itself(tiny_overrides, tmp_path):
                cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _metrics(single)[0] == _metrics(run)[0] and "eval/accuracy" in _metrics(run)[0]
+    # `grpo-train resume=DIR` starts as many ranks as the checkpoint was written by.
+    out = _run([sys.executable, "-m", "grpo_cli", f"resume={run}", "train.max_steps=3"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((run / "checkpoints" / "final" / "manifest.json").read_text())
+    assert manifest["step"] == 3 and manifest["world_size"] == 2
 
 
 # --- errors ----------------------------------------------------------------------------------------
