@@ -287,6 +287,7 @@ def launch(nproc: int, run_dir: str, argv: list[str]) -> int:
     elastic launcher (what torchrun runs), all writing into `run_dir`. Returns the exit code."""
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -298,6 +299,10 @@ def launch(nproc: int, run_dir: str, argv: list[str]) -> int:
     args = ["-m", "grpo_cli", *[a for a in argv if not a.startswith("hydra.run.dir=")], f"hydra.run.dir={run_dir}"]
     try:
         elastic_launch(config, sys.executable)(*args)
+    except SignalException as err:  # Ctrl-C / SIGTERM: the agent passed it on; each rank finished its step and saved
+        print(f"grpo-train: stopped by signal {int(err.sigval)}; the ranks wrote a checkpoint if they finished their "
+              f"step within torchrun's grace period; continue with: grpo-train resume={run_dir}", file=sys.stderr)
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         print(f"grpo-train: error: rank {rank} of {nproc} exited with code {failure.exitcode}; the other "

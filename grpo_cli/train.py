@@ -74,6 +74,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         fmt.check_columns(eval_rows, "evaluation")
         eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
+        eval_total = len(eval_rows)
         eval_rows = me.share(eval_rows)  # each rank evaluates its share; the metrics are joined
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
@@ -92,7 +93,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else eval_total),
                        wandb_id=state.wandb_id if state else None) if me.main else NullLogger()
     sampler = VLLMSampler(me.sampler_config(cfg.sampler), cfg.model)  # seeded sampler.seed + rank
     if cfg.eval_only:

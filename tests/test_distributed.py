@@ -221,3 +221,30 @@ def test_fsdp2_is_a_one_line_error_until_it_exists(tiny_overrides):
 
     with pytest.raises(ConfigError, match=r"train.strategy='fsdp2' is invalid: fsdp2 is not implemented yet"):
         validate(compose(tiny_overrides + ["train.strategy=fsdp2"]))
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_sigterm_to_grpo_train_nproc_checkpoints_every_rank_and_says_how_to_go_on(tiny_overrides, tmp_path):
+    """SIGTERM to `grpo-train train.nproc=2` mid-step: the launcher passes it on, both ranks finish the
+    step and write one checkpoint together, and the launcher exits 143 with one line."""
+    import signal
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "err.txt"
+    args = [sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 6), "checkpoint.every=0",
+            "train.nproc=2", f"hydra.run.dir={run}"]
+    env = _env() | {"GRPO_CLI_TEST_PAUSE": "learner@2", "GRPO_CLI_TEST_PAUSE_S": "3"}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
+        deadline = time.monotonic() + 240
+        while "paused at learner@2" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "never reached learner@2"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 143, log.read_text()[-3000:]
+    assert log.read_text().strip().splitlines()[-1].startswith("grpo-train: stopped by signal 15")
+    manifest = json.loads((run / "checkpoints" / "step_2" / "manifest.json").read_text())
+    assert manifest["step"] == 2 and manifest["world_size"] == 2 and "rank_1.pt" in manifest["files"]
