@@ -23,7 +23,13 @@ def _run(cfg: DictConfig) -> float | None:
     exit_on_config_error(cfg)
     quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
     # Heavy imports (torch, vllm) only once the config is good and those switches are set.
+    from grpo_cli import distributed
     from grpo_cli.faults import RunStopped
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    nproc = distributed.ranks_to_launch(cfg.train.nproc, cfg.resume, run_dir)
+    if nproc > 1:  # train.nproc=N (or a resumed N-rank run): N ranks of this same command, all in this run dir
+        sys.exit(distributed.launch(nproc, run_dir, sys.argv[1:]))
     from grpo_cli.train import run
 
     try:
@@ -34,6 +40,8 @@ def _run(cfg: DictConfig) -> float | None:
     except UserError as err:  # the user's data, reward or model: one line, no traceback
         print(f"grpo-train: error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        distributed.destroy()  # under torchrun: the engine, then the process group
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:
@@ -51,9 +59,23 @@ def _quiet_early(argv: list[str]) -> None:
     quiet_before_imports(verbose)
 
 
+def _one_run_dir(argv: list[str]) -> list[str]:
+    """Under plain torchrun, every rank into one run dir (grpo_cli/distributed.py pins it)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return argv
+    from grpo_cli.distributed import pin_run_dir
+    from grpo_cli.schema import TrainConfig
+
+    timeout = [a.split("=", 1)[1] for a in argv if a.startswith("train.dist_timeout_s=")]
+    return pin_run_dir(argv, float(timeout[-1]) if timeout else TrainConfig.dist_timeout_s)
+
+
 def train_main() -> None:
     sys.argv[1:] = _resume_in_place(sys.argv[1:])
     _quiet_early(sys.argv[1:])
+    sys.argv[1:] = _one_run_dir(sys.argv[1:])
     _run()
 
 

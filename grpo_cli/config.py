@@ -142,6 +142,15 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
+    _check(t.nproc >= 1, "train.nproc", t.nproc, "must be >= 1")
+    _check(t.strategy in ("ddp", "fsdp2"), "train.strategy", t.strategy, "must be ddp or fsdp2")
+    _check(t.strategy != "fsdp2", "train.strategy", t.strategy,
+           "fsdp2 is not implemented yet (the learner runs its backbone and lm_head as separate calls for the "
+           "chunked log-probs, which fully_shard's root hooks would not see); use ddp")
+    _check(t.dist_timeout_s > 0, "train.dist_timeout_s", t.dist_timeout_s, "must be > 0 seconds")
+    from grpo_cli.distributed import check_split, world_size
+
+    check_split(t.prompts_per_step, world_size(t.nproc), t.optim_batch_size)
     _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
     _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
     _check_target("optim.optimizer", o.optimizer)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from transformers import get_scheduler
 
 from grpo_cli.correction import NoCorrection
+from grpo_cli.distributed import Dist
 from grpo_cli.faults import BadStepGuard
 from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
@@ -65,6 +66,13 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @classmethod
+    def empty(cls) -> RolloutBatch:
+        """No rows: a rank whose groups were all filtered out still takes part in the step."""
+        z = torch.zeros(0, 1)
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(z.long(), z.long(), z, torch.zeros(0), z, none, none, torch.zeros(0, dtype=torch.bool), none)
 
     _HOST = ("prompt_lens", "completion_lens", "prompt_groups")
 
@@ -120,8 +128,11 @@ def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear]:
 
 
 class Learner:
-    def __init__(self, cfg: DictConfig, total_optim_steps: int):
+    def __init__(self, cfg: DictConfig, total_optim_steps: int, dist: Dist | None = None):
+        """`dist`: this rank's place among data-parallel ranks (grpo_cli/distributed.py); the
+        weights normalise by every rank's rows and gradients are summed over ranks."""
         self.cfg = cfg
+        self.dist = dist or Dist()
         self.device = resolve_device(cfg.train.device)
         self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
         # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
@@ -204,15 +215,18 @@ class Learner:
             out[idx.to(out.device), : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb)
         return out
 
-    def train_step(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: RolloutBatch | None) -> dict[str, torch.Tensor]:
         """mu passes over the batch in shuffled micro-batches, one optimiser step per optimiser batch.
 
         Returns the step's metrics as 0-dim tensors on the device (nothing here waits for it).
+        With several ranks, each passes its own rows (None: none this step, e.g. all filtered
+        out); weights, gradients and metrics are those of every rank's rows together.
         """
-        batch = batch.to(self.device)  # the one host -> device copy of the step
+        batch = (batch or RolloutBatch.empty()).to(self.device)  # the one host -> device copy of the step
         self.tokens.zero_()
         n, mu = len(batch), self.cfg.algo.num_iterations
-        opt_bs = min(self.cfg.train.optim_batch_size or n, n)
+        per_rank = self.cfg.train.optim_batch_size and self.cfg.train.optim_batch_size // self.dist.world
+        opt_bs = max(min(per_rank or n, n), 1)
         mask = self.loss_fn.loss_mask(batch.completion_mask, batch.truncated)  # [N, T] tokens in the loss
         ref_logp = self._frozen_logprobs(self.ref, batch) if self.ref is not None else None
         # pi_old is the policy that sampled; once an optimiser step has run within this batch the
@@ -221,9 +235,11 @@ class Learner:
         zero = torch.zeros((), device=self.device)
         stats, grad_norms, loss_sum, drift_sum, drift_max = LossStats(), [], zero, zero, zero
         for it in range(mu):
-            for chunk in torch.randperm(n, generator=self.generator).split(opt_bs):  # host indices
-                weights = self.aggregation.weights(mask[chunk.to(self.device)])  # [n_opt, T] over the optimiser batch
-                for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size):
+            chunks = [c for c in torch.randperm(n, generator=self.generator).split(opt_bs) if len(c)]  # host indices
+            for chunk in self.dist.steps(chunks):  # as many on every rank (some may be empty)
+                # [n_opt, T] normalised over the optimiser batch (of every rank)
+                weights = self.dist.global_weights(self.aggregation, mask[chunk.to(self.device)])
+                for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size) if len(chunk) else ():
                     idx, mb = chunk[pos].to(self.device), batch.select(chunk[pos])
                     t = mb.completion_mask.shape[1]
                     logp, entropy = self.completion_logprobs(self.policy, mb, entropy=True)  # [n, T] each
@@ -239,11 +255,15 @@ class Learner:
                         diff = (old.detach() - mb.sampler_logp).abs() * mb.completion_mask  # [n, T]
                         drift_sum, drift_max = drift_sum + diff.sum(), torch.maximum(drift_max, diff.amax())
                 grad_norms.append(self._optimizer_step())
+        d = self.dist  # the step's numbers over every rank (the identity with one)
+        stats, loss_sum, tokens = d.reduce_stats(stats), d.sum(loss_sum), d.sum(self.tokens)
+        drift_sum, drift_max = d.sum(drift_sum), d.max(drift_max)
+        self.tokens = tokens
         return stats.means() | {
             "loss": loss_sum / len(grad_norms),  # mean over optimiser steps of each batch's loss
             "grad_norm": torch.stack(grad_norms).mean(),
             "lr": self.scheduler.get_last_lr()[0],  # a host float already
-            "logprob_drift/mean": drift_sum / batch.completion_mask.sum().clamp_min(1.0),
+            "logprob_drift/mean": drift_sum / d.sum(batch.completion_mask.sum()).clamp_min(1.0),
             "logprob_drift/max": drift_max,
             # Share of the policy forward's token slots that were padding (packing keeps it small).
             "learner/pad_frac": 1.0 - float(self.tokens[0] / self.tokens[1].clamp_min(1.0)),
@@ -251,6 +271,7 @@ class Learner:
 
     def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
+        self.dist.all_reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
         self.bad_steps.step(self.optimizer, norm)  # skipped when the norm is NaN/Inf
         self.scheduler.step()

@@ -202,3 +202,15 @@ class RunLogger:
         if self.tensorboard is not None:
             self.tensorboard.close()
         draw([self.run_dir], self.run_dir / "report.png")
+
+
+class NullLogger:
+    """The logger of every rank but 0 under torchrun: the same calls, nothing written or shown
+    (rank 0 logs the global values)."""
+
+    wandb_id = None
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+    log_completions = print_table = close = log

@@ -6,7 +6,11 @@ A checkpoint is a directory `RUN_DIR/checkpoints/step_N` (or `final`):
     trainer_state.pt                                  optimiser, scheduler, data position, every RNG,
                                                       W&B run id, log sizes, first eval
     config.yaml                                       the resolved config of the run
-    manifest.json                                     written last: step, files and sizes, versions
+    rank_R.pt                                         under torchrun, ranks R >= 1: their RNGs, data
+                                                      position and micro-batch order (rank 0's are
+                                                      in trainer_state.pt)
+    manifest.json                                     written last: step, files and sizes, versions,
+                                                      the number of ranks
 
 It is written into `.step_N.tmp` next to its final place, every file fsynced, the manifest last,
 then renamed in one step. A directory without a manifest is never loaded and is removed.
@@ -237,15 +241,30 @@ def restore(state: RunState, checkpoint: Path, learner, stream, components: dict
     set_rng_state(state.rng)
 
 
-def load(checkpoint: Path) -> RunState:
-    """The state saved in `checkpoint` (weights are loaded by `load_policy`)."""
+def load(checkpoint: Path, dist=None) -> RunState:
+    """The state saved in `checkpoint` for this rank (`dist`, a grpo_cli.distributed.Dist; None = a
+    world of one): rank 0's optimiser and weights are every rank's, the RNGs and the data position
+    are this rank's own. Weights are loaded by `load_policy`."""
     import torch
 
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    saved_world = (_manifest(checkpoint) or {}).get("world_size", 1)
+    if saved_world != world:
+        raise CheckpointError(f"{checkpoint} was written by {saved_world} process(es), this run has {world}: "
+                              f"resume with train.nproc={saved_world} (or torchrun --nproc-per-node {saved_world})")
+    names = [STATE] + ([_rank_file(rank)] if rank else [])
     try:
-        raw = torch.load(checkpoint / STATE, map_location="cpu", weights_only=False)
+        raw, *own = [torch.load(checkpoint / name, map_location="cpu", weights_only=False) for name in names]
     except Exception as err:
-        raise CheckpointError(f"{checkpoint}: cannot read {STATE} ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{checkpoint}: cannot read {names[-1]} ({type(err).__name__}: {err})") from err
+    if own:
+        raw |= {"rng": own[0]["rng"], "data": own[0]["data"]}
+        raw["learner"] = {**raw["learner"], "generator": own[0]["generator"]}
     return RunState(**raw)
+
+
+def _rank_file(rank: int) -> str:
+    return f"rank_{rank}.pt"
 
 
 def load_policy(policy, checkpoint: Path) -> None:
@@ -284,15 +303,38 @@ def pause_for_test(point: str, step: int) -> None:
 
 
 def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int = 0,
-         merged: bool = False) -> Path:
-    """Write a complete checkpoint atomically at `directory`; then keep the newest `keep_last` step_N."""
+         merged: bool = False, dist=None) -> Path:
+    """Write a complete checkpoint atomically at `directory`; then keep the newest `keep_last` step_N.
+
+    Under torchrun (`dist`, a grpo_cli.distributed.Dist) every rank calls this: rank 0 writes the
+    model, its state and the manifest; every other rank R only its own RNGs and data position
+    (rank_R.pt), into the same temporary directory before the manifest is written.
+    """
+    from grpo_cli.distributed import Dist
+
+    me = dist or Dist()
+    directory = Path(directory)
+    tmp = directory.parent / f".{directory.name}.tmp"
+    if me.main:
+        _save_main(directory, tmp, state, policy, tokenizer, cfg, keep_last, merged, me)
+    else:
+        import torch
+
+        me.barrier()  # rank 0 has made the directory
+        torch.save({"rng": state.rng, "data": state.data, "generator": state.learner["generator"]},
+                   tmp / _rank_file(me.rank))
+        me.barrier()  # rank 0 writes the manifest and renames
+        me.barrier()
+    return directory
+
+
+def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int,
+               merged: bool, me) -> None:
     import torch
 
     from grpo_cli.checkpoint import save_checkpoint
 
-    directory = Path(directory)
     root = directory.parent
-    tmp = root / f".{directory.name}.tmp"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,10 +342,13 @@ def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, k
         pause_for_test("checkpoint", state.step)
         torch.save(vars(state), tmp / STATE)
         OmegaConf.save(cfg, tmp / CONFIG, resolve=True)
+        me.barrier()  # the directory exists: the other ranks write their rank_R.pt
+        me.barrier()  # ... and have written them
         files = sorted(p for p in tmp.iterdir() if p.is_file())
         for p in files:
             _fsync(p)
-        manifest = {"step": state.step, "files": {p.name: p.stat().st_size for p in files}, "versions": versions()}
+        manifest = {"step": state.step, "files": {p.name: p.stat().st_size for p in files}, "versions": versions(),
+                    "world_size": me.world}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -325,4 +370,4 @@ def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, k
         steps = [(s, d) for s, d in complete_checkpoints(root.parent) if d.name.startswith("step_")]
         for _, d in steps[:-keep_last]:
             shutil.rmtree(d, ignore_errors=True)
-    return directory
+    me.barrier()  # the checkpoint is complete before any rank goes on

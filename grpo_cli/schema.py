@@ -289,6 +289,16 @@ class TrainConfig:
     """torch.compile the policy's and reference's transformer (dynamic shapes), fusing the many
     small element-wise ops. Costs a one-off compile (~40 s on 2 CPU cores), then bench-cpu's
     learner step drops ~20 %: worth it for runs of more than a few minutes."""
+    nproc: int = 1
+    """Data-parallel processes: `grpo-train train.nproc=N` starts N ranks with torch's elastic
+    launcher (as `torchrun --nproc-per-node N -m grpo_cli` does); each samples B / N prompts with
+    its own vLLM engine and holds a full replica of the learner. Ignored inside a torchrun rank."""
+    strategy: str = "ddp"
+    """How ranks hold the learner: ddp (every rank a full replica, gradients summed across ranks).
+    fsdp2 (parameters sharded with torch's fully_shard) is reserved and not implemented yet."""
+    dist_timeout_s: float = 600.0
+    """Timeout of every collective between ranks: when a rank dies, the others fail after at most
+    this long instead of hanging (torchrun's agent usually stops them sooner)."""
 
 
 @dataclass

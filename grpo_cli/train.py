@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from grpo_cli import run_state
+from grpo_cli import distributed, run_state
 from grpo_cli.advantages import group_advantages
 from grpo_cli.console import route_logs
 from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
@@ -30,7 +30,7 @@ from grpo_cli.faults import RunStopped, StopSignals, stop_reason
 from grpo_cli.filters import ScoredGroups
 from grpo_cli.kl_control import KLWatch
 from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logging import RunLogger
+from grpo_cli.logging import NullLogger, RunLogger
 from grpo_cli.models import check_model, load_tokenizer
 from grpo_cli.reference import ReferenceRefresh
 from grpo_cli.rewards import Rewards
@@ -51,14 +51,19 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
 def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals,
          cleanup: contextlib.ExitStack) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun (grpo_cli/distributed.py): this rank's share of every step's prompts, its own
+    # engine, the learner's reductions; rank 0 alone logs and writes the model. Else a world of one.
+    me = distributed.init(cfg.train.dist_timeout_s, cfg.train.device)
     # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.
     checkpoint = run_state.find_resume(cfg.resume, run_dir)
     state = None
     if checkpoint is not None:
         cfg = run_state.resumed_config(cfg, checkpoint, overrides)
-        state = run_state.load(checkpoint)
-        run_state.cut_logs(run_dir, state.log_sizes)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        state = run_state.load(checkpoint, me)  # this rank's RNGs and data position
+        if me.main:
+            run_state.cut_logs(run_dir, state.log_sizes)
+    if me.main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     route_logs(cfg.logger, run_dir)  # library chatter -> run_dir/train.log
 
     # --- set-up: data, rewards, the sampler and (unless only evaluating) the learner ----------
@@ -72,6 +77,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         fmt.check_columns(eval_rows, "evaluation")
         eval_rows = fmt.fit(eval_rows, "evaluation", cfg.sampler.max_model_len)
         eval_rows = eval_rows.select(range(min(len(eval_rows), cfg.eval.max_rows or len(eval_rows))))
+        eval_total = len(eval_rows)
+        eval_rows = me.share(eval_rows)  # each rank evaluates its share; the metrics are joined
         eval_batch = as_batch(eval_rows, fmt)
         eval_ids = fmt.encode(eval_batch.prompts)
     rewards = Rewards.from_config(cfg.reward)
@@ -82,15 +89,16 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         if eval_rows is None:
             return {}
         metrics = evaluate(sampler, eval_batch, eval_ids, rewards, accuracy_reward, cfg.eval.pass_k,
-                           cfg.sampler.temperature, cfg.eval.max_tokens)
+                           cfg.sampler.temperature, cfg.eval.max_tokens) if len(eval_ids) else {}
+        metrics = me.mean(metrics, len(eval_ids))  # every rank's, weighted by its rows
         logger.log(step, metrics)
         return metrics
 
     stream = PromptStream(train_rows, B, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
-    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else len(eval_rows)),
-                       wandb_id=state.wandb_id if state else None)
-    sampler = cleanup.enter_context(make_sampler(cfg.sampler, cfg.model, run_dir))  # colocated or a server
+    logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else eval_total),
+                       wandb_id=state.wandb_id if state else None) if me.main else NullLogger()
+    sampler = cleanup.enter_context(make_sampler(me.sampler_config(cfg.sampler), cfg.model, run_dir))  # colocated or a server; seeded sampler.seed + rank
     if cfg.eval_only:
         set_seed(cfg.seed)
         final = run_eval(0)
@@ -99,7 +107,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         return final.get("eval/accuracy")
 
     opt_steps_per_step = cfg.algo.num_iterations * -(-B * G // (cfg.train.optim_batch_size or B * G))
-    learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step)
+    learner = Learner(cfg, total_optim_steps=total_steps * opt_steps_per_step, dist=me)
     batch_filter = instantiate(cfg.algo.batch_filter)
 
     def stop_for_kl(step: int) -> Path:  # the KL watch's `stop`: a checkpoint, then the logs closed
@@ -115,7 +123,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     if state is not None:
         run_state.restore(state, checkpoint, learner, stream, components)  # weights, optimiser, data, RNGs
     else:
-        set_seed(cfg.seed)  # python, numpy and torch RNGs
+        set_seed(cfg.seed + me.rank)  # python, numpy and torch RNGs (each rank's engine samples from torch's)
     start = state.step if state else 0
     sampler.load_weights(learner.weights(), version=start)  # the engine starts from exactly the learner's weights
     first = state.first_eval if state else run_eval(0)
@@ -124,12 +132,12 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         # `source` holds the data position before every batch not trained on yet (algo.max_staleness).
         snapshot = run_state.capture(step, learner, source, logger, first, run_dir, components)
         return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
-                              cfg.checkpoint.keep_last, cfg.checkpoint.merged)
+                              cfg.checkpoint.keep_last, cfg.checkpoint.merged, me)
 
     def draw(timer: dict) -> ScoredGroups:
-        """B prompts from the stream, G completions each from the current policy, scored."""
+        """B prompts from the stream (this rank's B / N of them), G completions each from the current policy, scored."""
         t0 = time.perf_counter()
-        batch = as_batch(stream.next(), fmt)
+        batch = as_batch(me.share(stream.next()), fmt)
         rollouts = sampler.generate(fmt.encode(batch.prompts), n=G)
         t1 = time.perf_counter()
         group = batch.repeat(G)  # each prompt's row once per completion: [B*G]
@@ -177,9 +185,9 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         # 4. The GRPO update: mu passes of shuffled micro-batches (none if no group is left).
         beta = learner.loss_fn.beta  # the KL weight of this step (the KL watch may adapt it)
         learner_metrics = {}
-        if len(groups):
+        if me.any(len(groups)):  # a rank with no group left still joins the step's collectives
             rollout_batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs,
-                                               advantages, tokenizer.pad_token_id, rollouts.finish_reasons)
+                                               advantages, tokenizer.pad_token_id, rollouts.finish_reasons) if len(groups) else None
             learner_metrics = learner.train_step(rollout_batch)  # 0-dim tensors on the learner's device
         learner.synchronize()  # the device finishes the update before it is timed and its weights are sent
         run_state.pause_for_test("learner", step)
@@ -196,21 +204,24 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         events = ref_refresh(step)
 
         # Rewards and rollouts: everything drawn this step; advantages: the groups trained on.
-        everything = drawn.scores.total
-        lengths = torch.tensor([len(c) for c in drawn.rollouts.completion_ids], dtype=torch.float32)
+        # `me.cat` joins every rank's values (rank 0 logs the global numbers).
+        everything = me.cat(drawn.scores.total)
+        trained = me.cat(advantages)
+        lengths = me.cat(torch.tensor([len(c) for c in drawn.rollouts.completion_ids], dtype=torch.float32))
+        truncated = me.cat(torch.tensor([r == "length" for r in drawn.rollouts.finish_reasons], dtype=torch.float32))
         metrics = {
             "reward/mean": torch.nanmean(everything).item(),
             "reward/std": everything[~everything.isnan()].std().item() if everything.numel() > 1 else 0.0,
-            **{f"reward/{k}/mean": torch.nanmean(v).item() for k, v in drawn.scores.per_reward.items()},
-            **{f"reward/{k}/errors": v for k, v in drawn.scores.errors.items()},
-            "advantage/mean": advantages.mean().item() if len(groups) else 0.0,
-            "advantage/std": advantages.std().item() if len(groups) else 0.0,
-            "frac_zero_std": drawn.zero_std.float().mean().item(),
-            "filter/groups_drawn": len(drawn),
-            "filter/groups_trained": len(groups),
+            **{f"reward/{k}/mean": torch.nanmean(me.cat(v)).item() for k, v in drawn.scores.per_reward.items()},
+            **{f"reward/{k}/errors": int(me.max(torch.tensor(v))) for k, v in drawn.scores.errors.items()},
+            "advantage/mean": trained.mean().item() if len(trained) else 0.0,
+            "advantage/std": trained.std().item() if len(trained) else 0.0,
+            "frac_zero_std": me.cat(drawn.zero_std.float()).mean().item(),
+            "filter/groups_drawn": int(me.sum(torch.tensor(len(drawn)))),
+            "filter/groups_trained": len(trained) // G,
             "completion_len/mean": lengths.mean().item(),
             "completion_len/max": lengths.max().item(),
-            "truncated_frac": sum(r == "length" for r in drawn.rollouts.finish_reasons) / len(lengths),
+            "truncated_frac": truncated.mean().item(),
             **learner_metrics,
             "beta": beta,
             "bad_steps": learner.bad_steps.total,  # optimiser steps skipped for NaN/Inf gradients, so far
@@ -219,14 +230,14 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
             "time/learner_s": t_learn - t_reward,
             "time/sync_s": t_sync - t_learn,
             "time/step_s": t_sync - t0,
-            "tokens_per_s": drawn.rollouts.num_tokens / timer["sample"],
+            "tokens_per_s": lengths.sum().item() / timer["sample"],  # every rank's tokens over this rank's time
             **timer["info"],  # rollout/version, rollout/staleness: the weights that sampled this step
             "epoch": stream.epoch,
             **events,
         }
         logger.log(step, metrics)
         # 6. KL watch (algo.kl_limit): warn, stop with a checkpoint, or adapt beta for the next step.
-        kl_watch.update(step, learner_metrics.get("kl/mean"), len(rollouts.texts))
+        kl_watch.update(step, learner_metrics.get("kl/mean"), len(trained))
         every = cfg.logger.completions_every
         if every and step % every == 0:
             logger.log_completions(step, [
@@ -237,7 +248,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
             ])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and not sync_failed:
             run_eval(step)
-        stop = stop_reason(signals, learner.bad_steps, rewards) or sync_failed  # Ctrl-C, NaN steps, a failing reward
+        stop = me.first_stop(stop_reason(signals, learner.bad_steps, rewards) or sync_failed)  # Ctrl-C, NaN steps, a failing reward, a dead server
         if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             saved = save(step, f"step_{step}")
         if stop:
