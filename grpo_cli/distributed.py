@@ -49,17 +49,17 @@ class Dist:
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of `x` over ranks (a new tensor; `x` is left alone)."""
-        if self.world == 1:
-            return x
-        x = x.detach().clone()
-        _call(dist.all_reduce, x, op=dist.ReduceOp.SUM)
-        return x
+        return self._reduce(x, dist.ReduceOp.SUM)
 
     def max(self, x: torch.Tensor) -> torch.Tensor:
+        """Max of `x` over ranks (a new tensor; `x` is left alone)."""
+        return self._reduce(x, dist.ReduceOp.MAX)
+
+    def _reduce(self, x: torch.Tensor, op) -> torch.Tensor:
         if self.world == 1:
             return x
         x = x.detach().clone()
-        _call(dist.all_reduce, x, op=dist.ReduceOp.MAX)
+        _call(dist.all_reduce, x, op=op)
         return x
 
     def gather(self, obj) -> list:

@@ -182,22 +182,30 @@ def test_when_a_rank_dies_the_others_stop_with_an_error_not_a_hang(tiny_override
     log = tmp_path / "err.txt"
     args = [sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 3), "train.nproc=2",
             "train.dist_timeout_s=120", f"hydra.run.dir={tmp_path / 'run'}"]
-    env = _env() | {"GRPO_CLI_TEST_PAUSE": "learner@1", "GRPO_CLI_TEST_PAUSE_S": "5"}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
-        deadline = time.monotonic() + 240
-        while log.read_text().count("paused at learner@1") < 1:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "never reached learner@1"
-            time.sleep(0.1)
-        rank1 = _rank_pid(proc.pid, 1)
-        os.kill(rank1, signal.SIGKILL)
-        t0 = time.monotonic()
-        proc.wait(timeout=110)
+    proc = _start_paused(args, "learner@1", "5", log, tmp_path)
+    os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+    t0 = time.monotonic()
+    proc.wait(timeout=110)
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 60  # the agent tore the group down; nobody waited for a timeout
     last = log.read_text().strip().splitlines()[-1]
     assert last.startswith("grpo-train: error: rank 1 of 2 exited with code -9"), log.read_text()[-3000:]
+
+
+def _start_paused(args: list[str], pause: str, pause_s: str, log: Path, cwd: Path) -> subprocess.Popen:
+    """Start `args` (stderr to `log`) with the loop pausing `pause_s` seconds at `pause` (point@step),
+    and return once a rank is paused there."""
+    import time
+
+    env = _env() | {"GRPO_CLI_TEST_PAUSE": pause, "GRPO_CLI_TEST_PAUSE_S": pause_s}
+    with open(log, "w") as err:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+    deadline = time.monotonic() + 240
+    while f"paused at {pause}" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"never reached {pause}"
+        time.sleep(0.1)
+    return proc
 
 
 def _rank_pid(parent: int, rank: int) -> int:
@@ -229,21 +237,13 @@ def test_sigterm_to_grpo_train_nproc_checkpoints_every_rank_and_says_how_to_go_o
     """SIGTERM to `grpo-train train.nproc=2` mid-step: the launcher passes it on, both ranks finish the
     step and write one checkpoint together, and the launcher exits 143 with one line."""
     import signal
-    import time
 
     run, log = tmp_path / "run", tmp_path / "err.txt"
     args = [sys.executable, "-m", "grpo_cli", *_train_args(tiny_overrides, 6), "checkpoint.every=0",
             "train.nproc=2", f"hydra.run.dir={run}"]
-    env = _env() | {"GRPO_CLI_TEST_PAUSE": "learner@2", "GRPO_CLI_TEST_PAUSE_S": "3"}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
-        deadline = time.monotonic() + 240
-        while "paused at learner@2" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "never reached learner@2"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+    proc = _start_paused(args, "learner@2", "3", log, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
     assert proc.returncode == 143, log.read_text()[-3000:]
     assert log.read_text().strip().splitlines()[-1].startswith("grpo-train: stopped by signal 15")
     manifest = json.loads((run / "checkpoints" / "step_2" / "manifest.json").read_text())
