@@ -38,7 +38,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu"
+	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow"

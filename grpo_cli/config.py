@@ -8,6 +8,7 @@ Hydra creates the run directory, so a bad value leaves nothing on disk.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -177,14 +178,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def exit_on_config_error(cfg: DictConfig) -> None:
-    """Validate, and on a bad value print one line and exit 2 (no traceback, nothing written)."""
+    """Validate, and on a bad value print one line and exit 2 (no traceback, nothing written).
+
+    Under torchrun every rank composes the same config and fails the same way: rank 0 says so."""
     try:
         validate(cfg)
-    except ConfigError as err:
-        print(f"grpo-train: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:  # e.g. an interpolation that cannot resolve: still one line, still exit
-        print(f"grpo-train: config error: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+    except Exception as err:
+        if not isinstance(err, ConfigError):  # e.g. an interpolation that cannot resolve: still one line
+            err = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"grpo-train: config error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -163,6 +163,15 @@ def test_prompts_per_step_that_does_not_split_is_a_one_line_error(tiny_overrides
     assert not (tmp_path / "run").exists()  # nothing launched, nothing written
 
 
+def test_under_plain_torchrun_a_config_error_is_said_once_not_once_per_rank(tiny_overrides, tmp_path):
+    out = _run(TORCHRUN + ["2", "--standalone", "-m", "grpo_cli", *tiny_overrides, "algo.group_size=0"],
+               timeout=120, cwd=tmp_path)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if "grpo-train: config error" in line]
+    assert len(said) == 1 and "algo.group_size=0" in said[0], out.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()  # nothing written
+
+
 def test_torchrun_world_size_is_checked_too(tiny_overrides, monkeypatch):
     from grpo_cli.config import ConfigError, validate
     from tests.conftest import compose
