@@ -13,10 +13,11 @@ from peft import PeftModel
 from grpo_cli.lora import save_merged
 
 
-def save_checkpoint(policy, tokenizer, directory: Path, merged: bool = False) -> Path:
+def save_checkpoint(policy, tokenizer, directory: Path, merged: bool = False, weights: dict | None = None) -> Path:
+    """`weights`: the full state dict to write instead of the policy's own (fsdp2 shards those)."""
     directory.mkdir(parents=True, exist_ok=True)
     policy.config.use_cache = True  # a checkpoint is for inference; training turned the cache off
-    policy.save_pretrained(directory, safe_serialization=True)
+    policy.save_pretrained(directory, safe_serialization=True, state_dict=weights)
     policy.config.use_cache = False
     tokenizer.save_pretrained(directory)
     if merged and isinstance(policy, PeftModel):

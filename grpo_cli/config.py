@@ -145,9 +145,11 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0 (0 never stops)")
     _check(t.nproc >= 1, "train.nproc", t.nproc, "must be >= 1")
     _check(t.strategy in ("ddp", "fsdp2"), "train.strategy", t.strategy, "must be ddp or fsdp2")
-    _check(t.strategy != "fsdp2", "train.strategy", t.strategy,
-           "fsdp2 is not implemented yet (the learner runs its backbone and lm_head as separate calls for the "
-           "chunked log-probs, which fully_shard's root hooks would not see); use ddp")
+    if t.strategy == "fsdp2":
+        _check(not cfg.model.lora.r, "train.strategy", t.strategy,
+               "fsdp2 does not shard LoRA adapters yet (model.lora.r > 0): use train.strategy=ddp with LoRA")
+        _check(not t.compile, "train.strategy", t.strategy,
+               "fsdp2 with train.compile=true is not supported yet: set one of them off")
     _check(t.dist_timeout_s > 0, "train.dist_timeout_s", t.dist_timeout_s, "must be > 0 seconds")
     from grpo_cli.distributed import check_split, world_size
 

@@ -208,16 +208,25 @@ def from_env() -> Dist:
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init(timeout_s: float, device: str = "auto") -> Dist:
+def init(timeout_s: float, device: str = "auto", group_of_one: bool = False) -> Dist:
     """Join the torchrun world (idempotent): gloo on CPU, NCCL on CUDA, with a timeout on every
-    collective so a dead rank ends the others instead of hanging them."""
+    collective so a dead rank ends the others instead of hanging them.
+
+    `group_of_one`: a single process still gets a world (of one) to stand in, for the parts that
+    need one (fsdp2's device mesh); vLLM's engine then joins that world instead of making its own."""
     me = from_env()
-    if me.world == 1 or dist.is_initialized():
+    if (me.world == 1 and not group_of_one) or dist.is_initialized():
         return me
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.set_device(me.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    init_method = None
+    if "MASTER_ADDR" not in os.environ:  # a world of one started without torchrun
+        from vllm.utils.network_utils import get_open_port
+
+        init_method = f"tcp://127.0.0.1:{get_open_port()}"
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s), init_method=init_method,
+                            world_size=me.world, rank=me.rank)
     return me
 
 

@@ -19,11 +19,11 @@ from transformers import get_scheduler
 from grpo_cli.correction import NoCorrection
 from grpo_cli.distributed import Dist
 from grpo_cli.faults import BadStepGuard
-from grpo_cli.logprobs import token_logprobs
 from grpo_cli.lora import apply_lora, merged_weights
 from grpo_cli.loss import GRPOLoss, LossInputs, LossStats
 from grpo_cli.models import DTYPES, load_causal_lm, resolve_device
 from grpo_cli.packing import pack_ids, plan, unpack
+from grpo_cli.sharding import LogprobModel, strategy
 
 
 @dataclass
@@ -122,11 +122,6 @@ def attention_cost(model: torch.nn.Module) -> float:
     return 5 * 4 * text.hidden_size * text.num_hidden_layers / (2 * n)
 
 
-def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear]:
-    """(backbone that returns hidden states, lm_head) of a transformers causal LM."""
-    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
-
-
 class Learner:
     def __init__(self, cfg: DictConfig, total_optim_steps: int, dist: Dist | None = None):
         """`dist`: this rank's place among data-parallel ranks (grpo_cli/distributed.py); the
@@ -140,7 +135,15 @@ class Learner:
         # The reference is only needed for the KL term.
         self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
                     if cfg.algo.beta > 0 else None)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        # Each model as one module returning log-probs, laid over the ranks by train.strategy
+        # (grpo_cli/sharding.py: replicated, or fsdp2's fully_shard); compiled with train.compile.
+        self.sharding = strategy(cfg.train.strategy, self.dist, self.device)
+        self.forwards = {m: LogprobModel(m, cfg.train.compile) for m in (self.policy, self.ref) if m is not None}
+        for forward in self.forwards.values():
+            self.sharding.shard(forward)
+        # The reference's full weights as state_dict() / load_state_dict() (grpo_cli/reference.py).
+        self.ref_weights = self.sharding.weights_of(self.forwards[self.ref]) if self.ref is not None else None
+        params = [p for p in self.policy.parameters() if p.requires_grad]  # this rank's shards under fsdp2
         self.optimizer = instantiate(cfg.optim.optimizer, params=params, lr=cfg.optim.lr)
         self.scheduler = get_scheduler(
             cfg.optim.scheduler, self.optimizer, num_warmup_steps=cfg.optim.warmup_steps,
@@ -158,13 +161,9 @@ class Learner:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
         )
-        # The transformer of each model (compiled or not) by model; lm_head runs in token_logprobs.
-        self.backbones = {}
-        for model in (self.policy, self.ref):
-            if model is not None:
-                backbone = split_lm(model)[0]
-                self.backbones[model] = torch.compile(backbone, dynamic=True) if cfg.train.compile else backbone
         self.tokens = torch.zeros(2)  # [real, slots] fed to the policy's forward this step
+        # One 1-token sequence: what a rank forwards while another still has micro-batches (fsdp2).
+        self.idle = RolloutBatch.build([[0]], [[0]], [[0.0]], torch.zeros(1), 0).to(self.device)
         self.attn_cost = attention_cost(self.policy)
 
     def completion_logprobs(self, model: torch.nn.Module, mb: RolloutBatch, entropy: bool = False):
@@ -175,8 +174,7 @@ class Learner:
         """
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
-        backbone, lm_head = split_lm(model)
-        backbone = self.backbones.get(model, backbone)  # compiled for the policy and reference (train.compile)
+        forward = self.forwards[model]
         with self.autocast():
             if self.cfg.train.pack_sequences:  # grpo_cli/packing.py: rows of whole sequences, no padding
                 # Shared prompts need the tree-shaped 4D mask (sdpa, eager attention).
@@ -185,20 +183,20 @@ class Learner:
                 pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1], groups, self.attn_cost)
                 slots = (pk.real_tokens, pk.src.numel())
                 pk = pk.to(ids.device)
-                hidden = backbone(input_ids=pack_ids(ids, pk, 0), attention_mask=packed_mask(model, pk),
-                                  position_ids=pk.position_ids, use_cache=False).last_hidden_state  # [R, L, H]
-                hidden = hidden.flatten(0, 1)[pk.predict]  # [M, H] the positions predicting completion tokens
+                inputs = dict(input_ids=pack_ids(ids, pk, 0), attention_mask=packed_mask(model, pk),
+                              position_ids=pk.position_ids)  # [R, L] rows of whole sequences
+                select = lambda h: h.flatten(0, 1)[pk.predict]  # noqa: E731  [R, L, H] -> [M, H] predicting completion tokens
                 targets = ids[:, -t:][pk.rows, pk.cols]  # [M]
             else:
                 # Positions count real tokens only, so left padding does not shift RoPE.
                 positions = (attn.cumsum(-1) - 1).clamp_min(0)  # [n, P + T]
                 slots = (int(mb.prompt_lens.sum() + mb.completion_lens.sum()), ids.numel())
-                hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions,
-                                  use_cache=False).last_hidden_state[:, -t - 1 : -1]  # [n, T, H]
+                inputs = dict(input_ids=ids, attention_mask=attn, position_ids=positions)
+                select = lambda h: h[:, -t - 1 : -1]  # noqa: E731  [n, P + T, H] -> [n, T, H]
                 targets = ids[:, -t:]  # [n, T]
-            # lm_head + log-softmax + gather in chunks: no [n, T, V] logits (grpo_cli/logprobs.py).
-            logp, ent = token_logprobs(hidden, lm_head, targets, self.temperature,
-                                       self.cfg.train.logprob_chunk_mib, with_entropy=entropy)  # [M] or [n, T] each
+            # The backbone, then lm_head + log-softmax + gather in chunks: no [n, T, V] logits.
+            logp, ent = forward(select, targets, self.temperature, self.cfg.train.logprob_chunk_mib, entropy,
+                                **inputs)  # [M] or [n, T] each
         if model is self.policy and torch.is_grad_enabled():
             self.tokens += torch.tensor(slots)
         if self.cfg.train.pack_sequences:
@@ -207,10 +205,17 @@ class Learner:
             return logp
         return logp, ent if self.loss_fn.needs_entropy_grad else ent.detach()  # no bonus: no entropy backward
 
+    def _micro_batches(self, n: int) -> list[torch.Tensor]:
+        """Positions 0..n-1 cut into micro-batches of train.micro_batch_size (none when n = 0)."""
+        return list(torch.arange(n).split(self.cfg.train.micro_batch_size)) if n else []
+
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         out = torch.zeros_like(batch.completion_mask)  # [N, T] on the device
-        for idx in torch.arange(len(batch)).split(self.cfg.train.micro_batch_size):
+        for idx in self.sharding.align(self._micro_batches(len(batch))):
+            if idx is None:  # fsdp2: another rank has more micro-batches; join its collectives
+                self.completion_logprobs(model, self.idle)
+                continue
             mb = batch.select(idx)
             out[idx.to(out.device), : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb)
         return out
@@ -239,7 +244,10 @@ class Learner:
             for chunk in self.dist.steps(chunks):  # as many on every rank (some may be empty)
                 # [n_opt, T] normalised over the optimiser batch (of every rank)
                 weights = self.dist.global_weights(self.aggregation, mask[chunk.to(self.device)])
-                for pos in torch.arange(len(chunk)).split(self.cfg.train.micro_batch_size) if len(chunk) else ():
+                for pos in self.sharding.align(self._micro_batches(len(chunk))):
+                    if pos is None:  # fsdp2: another rank has more micro-batches; a zero-gradient pass
+                        (self.completion_logprobs(self.policy, self.idle).sum() * 0.0).backward()
+                        continue
                     idx, mb = chunk[pos].to(self.device), batch.select(chunk[pos])
                     t = mb.completion_mask.shape[1]
                     logp, entropy = self.completion_logprobs(self.policy, mb, entropy=True)  # [n, T] each
@@ -271,8 +279,9 @@ class Learner:
 
     def _optimizer_step(self) -> torch.Tensor:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
-        self.dist.all_reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)  # 0-dim, on the device
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.sharding.reduce_grads(params)  # ddp: summed over ranks here; fsdp2: in the backward
+        norm = self.sharding.clip_grads(params, max_norm)  # 0-dim, on the device: the global norm
         self.bad_steps.step(self.optimizer, norm)  # skipped when the norm is NaN/Inf
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -288,8 +297,18 @@ class Learner:
         if self.peft is not None:
             yield from merged_weights(self.policy)
             return
-        for name, tensor in self.policy.state_dict().items():
-            yield name, tensor.detach()
+        yield from self.sharding.full_weights(self.forwards[self.policy])
+
+    def checkpoint_weights(self) -> dict[str, torch.Tensor] | None:
+        """What a checkpoint exports when the policy is sharded: its full weights (every rank
+        takes part in the gather); None when the policy itself can be saved."""
+        if not self.sharding.sharded:
+            return None
+        return {name: w.cpu() for name, w in self.weights()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]):
+        """Full weights by transformers name into the policy (sharded or not): (missing, unexpected)."""
+        return self.sharding.load_weights(self.forwards[self.policy], weights)
 
     @property
     def checkpoint_model(self) -> torch.nn.Module:
@@ -298,14 +317,14 @@ class Learner:
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        state = {"optimizer": self.sharding.optimizer_state(self.forwards[self.policy], self.optimizer), "scheduler": self.scheduler.state_dict(),
                  "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
         if self.peft is not None:  # LoRA: the checkpoint's export is the adapter; resume from these
             state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.sharding.load_optimizer_state(self.forwards[self.policy], self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.bad_steps.load_state_dict(state["bad_steps"])

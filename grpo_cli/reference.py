@@ -25,7 +25,7 @@ class ReferenceRefresh:
 
     @classmethod
     def from_learner(cls, algo, learner) -> ReferenceRefresh:
-        return cls(algo.ref_refresh_every, algo.ref_refresh_alpha, learner.ref, learner.weights)
+        return cls(algo.ref_refresh_every, algo.ref_refresh_alpha, learner.ref_weights, learner.weights)
 
     @torch.no_grad()
     def __call__(self, step: int) -> dict[str, float]:
@@ -43,6 +43,7 @@ class ReferenceRefresh:
                 r.copy_(w)
             else:
                 r.mul_(1.0 - self.alpha).add_(w.to(r.dtype), alpha=self.alpha)
+        self.ref.load_state_dict(ref)  # a no-op copy unless the reference is sharded (fsdp2: gathered above)
         self.last = step
         console.print(f"step {step}: reference refreshed (ref <- {self.alpha:g} * policy + {1 - self.alpha:g} * ref)")
         return {"ref/refreshed": 1.0}

@@ -232,7 +232,7 @@ def restore(state: RunState, checkpoint: Path, learner, stream, components: dict
     The RNGs last, and only once the vLLM engine exists: building it reseeds the global RNGs.
     """
     if "trainable" not in state.learner:  # full fine-tuning: the exported weights are the policy
-        load_policy(learner.policy, checkpoint)
+        load_policy(learner.policy, checkpoint, learner.load_weights)
     learner.load_state_dict(state.learner)  # with LoRA, the adapter weights come from here
     stream.load_state_dict(state.data)
     for name, component in (components or {}).items():
@@ -267,14 +267,16 @@ def _rank_file(rank: int) -> str:
     return f"rank_{rank}.pt"
 
 
-def load_policy(policy, checkpoint: Path) -> None:
-    """Copy the checkpoint's weights into `policy` exactly (tied weights are stored once)."""
+def load_policy(policy, checkpoint: Path, load=None) -> None:
+    """Copy the checkpoint's weights into `policy` exactly (tied weights are stored once).
+
+    `load(weights) -> (missing, unexpected)` puts them in (Learner.load_weights: sharded or not)."""
     from safetensors.torch import load_file
 
     weights = {}
     for f in sorted(checkpoint.glob("*.safetensors")):
         weights |= load_file(f)
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
+    missing, unexpected = (load or (lambda w: policy.load_state_dict(w, strict=False)))(weights)
     tied = set(getattr(policy, "_tied_weights_keys", None) or ())
     if isinstance(getattr(policy, "_tied_weights_keys", None), dict):
         tied = set(policy._tied_weights_keys)
@@ -303,12 +305,13 @@ def pause_for_test(point: str, step: int) -> None:
 
 
 def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int = 0,
-         merged: bool = False, dist=None) -> Path:
+         merged: bool = False, dist=None, weights: dict | None = None) -> Path:
     """Write a complete checkpoint atomically at `directory`; then keep the newest `keep_last` step_N.
 
     Under torchrun (`dist`, a grpo_cli.distributed.Dist) every rank calls this: rank 0 writes the
     model, its state and the manifest; every other rank R only its own RNGs and data position
-    (rank_R.pt), into the same temporary directory before the manifest is written.
+    (rank_R.pt), into the same temporary directory before the manifest is written. `weights`: the
+    policy's full weights to export when its parameters are sharded (Learner.checkpoint_weights).
     """
     from grpo_cli.distributed import Dist
 
@@ -316,7 +319,7 @@ def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, k
     directory = Path(directory)
     tmp = directory.parent / f".{directory.name}.tmp"
     if me.main:
-        _save_main(directory, tmp, state, policy, tokenizer, cfg, keep_last, merged, me)
+        _save_main(directory, tmp, state, policy, tokenizer, cfg, keep_last, merged, me, weights)
     else:
         import torch
 
@@ -329,7 +332,7 @@ def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, k
 
 
 def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int,
-               merged: bool, me) -> None:
+               merged: bool, me, weights: dict | None) -> None:
     import torch
 
     from grpo_cli.checkpoint import save_checkpoint
@@ -338,7 +341,7 @@ def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, c
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(policy, tokenizer, tmp, merged)  # HF export: weights (or adapter) + tokenizer
+        save_checkpoint(policy, tokenizer, tmp, merged, weights)  # HF export: weights (or adapter) + tokenizer
         pause_for_test("checkpoint", state.step)
         torch.save(vars(state), tmp / STATE)
         OmegaConf.save(cfg, tmp / CONFIG, resolve=True)

@@ -294,8 +294,9 @@ class TrainConfig:
     launcher (as `torchrun --nproc-per-node N -m grpo_cli` does); each samples B / N prompts with
     its own vLLM engine and holds a full replica of the learner. Ignored inside a torchrun rank."""
     strategy: str = "ddp"
-    """How ranks hold the learner: ddp (every rank a full replica, gradients summed across ranks).
-    fsdp2 (parameters sharded with torch's fully_shard) is reserved and not implemented yet."""
+    """How ranks hold the learner (grpo_cli/sharding.py): ddp (every rank a full replica, gradients
+    summed across ranks) or fsdp2 (torch's fully_shard: each decoder layer a unit, every rank holds
+    1/N of the parameters, gradients and AdamW state; for models that do not fit one device)."""
     dist_timeout_s: float = 600.0
     """Timeout of every collective between ranks: when a rank dies, the others fail after at most
     this long instead of hanging (torchrun's agent usually stops them sooner)."""

@@ -53,7 +53,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under torchrun (grpo_cli/distributed.py): this rank's share of every step's prompts, its own
     # engine, the learner's reductions; rank 0 alone logs and writes the model. Else a world of one.
-    me = distributed.init(cfg.train.dist_timeout_s, cfg.train.device)
+    me = distributed.init(cfg.train.dist_timeout_s, cfg.train.device, group_of_one=cfg.train.strategy == "fsdp2")
     # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.
     checkpoint = run_state.find_resume(cfg.resume, run_dir)
     state = None
@@ -132,7 +132,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
         # `source` holds the data position before every batch not trained on yet (algo.max_staleness).
         snapshot = run_state.capture(step, learner, source, logger, first, run_dir, components)
         return run_state.save(run_dir / "checkpoints" / name, snapshot, learner.checkpoint_model, tokenizer, cfg,
-                              cfg.checkpoint.keep_last, cfg.checkpoint.merged, me)
+                              cfg.checkpoint.keep_last, cfg.checkpoint.merged, me,
+                              weights=learner.checkpoint_weights())  # fsdp2: the gathered full weights
 
     def draw(timer: dict) -> ScoredGroups:
         """B prompts from the stream (this rank's B / N of them), G completions each from the current policy, scored."""

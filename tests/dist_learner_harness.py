@@ -2,6 +2,7 @@
 
     python tests/dist_learner_harness.py OUT OVERRIDES_JSON            # the 1-process reference
     torchrun --nproc-per-node 2 tests/dist_learner_harness.py OUT OVERRIDES_JSON
+    (OVERRIDES_JSON with "train.strategy=fsdp2": the same with sharded parameters)
 
 For each algo variant, a fresh learner takes 3 steps on the same fixed RolloutBatch (B = 4 groups
 of G = 4 completions of mixed lengths, a few truncated); each rank trains on its contiguous share of
@@ -33,6 +34,7 @@ VARIANTS = {  # name -> overrides: every aggregation, and mu > 1
     "grpo_mu2": ["algo=grpo", "algo.num_iterations=2", *SGD],
     "grpo_adamw": ["algo=grpo", "optim.lr=1e-3"],
     "dapo_rank1_empty": ["algo=dapo", *SGD],  # rank 1 trains on nothing but joins every collective
+    "grpo_beta": ["algo=grpo", "algo.beta=0.04", "algo.num_iterations=2", *SGD],  # a (sharded) reference
 }
 B, G = 4, 4
 
@@ -71,9 +73,10 @@ def main(out: Path, overrides: list[str]) -> None:
         params, metrics = {}, []
         for step in (1, 2, 3):
             metrics.append(to_host(learner.train_step(batch)))
-            if step in (1, 3):
-                params[step] = {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
-        result[name] = {"params": params, "metrics": metrics}
+            if step in (1, 3):  # full tensors, also when fsdp2 shards them
+                params[step] = {k: v.clone() for k, v in learner.weights()}
+        held = sum(getattr(p, "_local_tensor", p).numel() for p in learner.policy.parameters())  # this rank's part
+        result[name] = {"params": params, "metrics": metrics, "held": held}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{me.rank}.pt")
     distributed.destroy()

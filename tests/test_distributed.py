@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,32 +40,44 @@ def learner_runs(tiny_overrides, tmp_path_factory):
     assert one.returncode == 0, one.stderr[-3000:]
     two = _run(TORCHRUN + ["2", "--standalone", harness, str(out / "two"), overrides])
     assert two.returncode == 0, two.stderr[-3000:]
-    return (torch.load(out / "one" / "rank0.pt"), torch.load(out / "two" / "rank0.pt"),
-            torch.load(out / "two" / "rank1.pt"))
+    fsdp2 = json.dumps([*json.loads(overrides), "train.strategy=fsdp2"])
+    sharded = _run(TORCHRUN + ["2", "--standalone", harness, str(out / "fsdp2"), fsdp2])
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    return {"one": torch.load(out / "one" / "rank0.pt"),
+            "ddp": (torch.load(out / "two" / "rank0.pt"), torch.load(out / "two" / "rank1.pt")),
+            "fsdp2": (torch.load(out / "fsdp2" / "rank0.pt"), torch.load(out / "fsdp2" / "rank1.pt"))}
 
 
 VARIANTS = {"grpo_seq_mean": 1e-6, "dapo_token_mean": 1e-6, "dr_grpo_constant": 1e-6, "grpo_mu2": 1e-6,
-            "grpo_adamw": 1e-5, "dapo_rank1_empty": 1e-6}  # variant -> tolerance on every parameter (AdamW: see the harness)
+            "grpo_adamw": 1e-5, "dapo_rank1_empty": 1e-6, "grpo_beta": 1e-6}  # variant -> tolerance on every parameter (AdamW: see the harness)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_two_ranks_train_exactly_as_one_process_on_the_same_global_batch(learner_runs, variant):
-    """Parameters after 1 and 3 steps equal to 1e-6 for every aggregation and for mu > 1: the
-    weights normalise by both ranks' rows and the gradients are summed."""
-    one, rank0, rank1 = (r[variant] for r in learner_runs)
+def test_two_ranks_train_exactly_as_one_process_on_the_same_global_batch(learner_runs, variant, strategy):
+    """Parameters after 1 and 3 steps equal to 1e-6 for every aggregation, for mu > 1 and with a
+    reference: the weights normalise by both ranks' rows and the gradients are summed, whether each
+    rank holds the whole model (ddp) or a shard of every parameter (fsdp2, gathered to compare)."""
+    one = learner_runs["one"][variant]
+    rank0, rank1 = (r[variant] for r in learner_runs[strategy])
     for step in (1, 3):
         for name, p in one["params"][step].items():
             assert torch.allclose(rank0["params"][step][name], p, atol=VARIANTS[variant], rtol=0), (variant, step, name)
             assert torch.equal(rank0["params"][step][name], rank1["params"][step][name]), (variant, step, name)
     moved = max((one["params"][3][k] - one["params"][1][k]).abs().max().item() for k in one["params"][1])
     assert moved > 1e-4  # steps 2-3 moved the weights: the comparison is not vacuous
+    if strategy == "fsdp2":  # each rank held its shard of every parameter, not the whole model
+        assert rank0["held"] + rank1["held"] == one["held"] and 0 < rank0["held"] < one["held"]
+    else:
+        assert rank0["held"] == rank1["held"] == one["held"]
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_two_ranks_log_the_one_process_metrics(learner_runs, variant):
+def test_two_ranks_log_the_one_process_metrics(learner_runs, variant, strategy):
     """Every learner metric rank 0 would log equals the 1-process value. learner/pad_frac is left
     out: it measures how each rank's own micro-batches pack, which differs by design."""
-    one, rank0, _ = (r[variant] for r in learner_runs)
+    one, rank0 = learner_runs["one"][variant], learner_runs[strategy][0][variant]
     for m1, m2 in zip(one["metrics"], rank0["metrics"]):
         assert set(m1) == set(m2)
         for k in m1:
@@ -105,7 +119,6 @@ def test_two_ranks_train_through_the_engines_then_resume_under_torchrun(tiny_ove
     assert all(m["filter/groups_drawn"] == 4 for m in full[1:5])  # both ranks' 2 groups each
 
     resumed = tmp_path / "resumed"
-    import shutil
 
     shutil.copytree(run, resumed)
     for name in ("step_4", "final"):
@@ -232,12 +245,46 @@ def _rank_pid(parent: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under pid {parent}")
 
 
-def test_fsdp2_is_a_one_line_error_until_it_exists(tiny_overrides):
+@pytest.mark.parametrize("other, says", [("model.lora.r=4", "does not shard LoRA adapters yet"),
+                                         ("train.compile=true", "train.compile=true is not supported yet")])
+def test_fsdp2_with_what_it_does_not_support_is_a_one_line_error(tiny_overrides, other, says):
     from grpo_cli.config import ConfigError, validate
     from tests.conftest import compose
 
-    with pytest.raises(ConfigError, match=r"train.strategy='fsdp2' is invalid: fsdp2 is not implemented yet"):
-        validate(compose(tiny_overrides + ["train.strategy=fsdp2"]))
+    validate(compose(tiny_overrides + ["train.strategy=fsdp2"]))
+    with pytest.raises(ConfigError, match=rf"train.strategy='fsdp2' is invalid: fsdp2 .*{re.escape(says)}"):
+        validate(compose(tiny_overrides + ["train.strategy=fsdp2", other]))
+
+
+@pytest.mark.engine
+def test_fsdp2_trains_through_the_engines_exports_whole_weights_and_resumes_exactly(tiny_overrides, tmp_path):
+    """2 ranks holding half of every parameter: each engine gets the gathered weights (sampler and
+    learner agree), the checkpoint is the whole model (transformers loads it), and a copy cut back
+    to step 2 resumes from the gathered optimiser state to the same step 3."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    args = [o for o in _train_args(tiny_overrides, 3) if o != "algo.beta=0"] + ["algo.beta=0.04", "train.strategy=fsdp2"]
+    out = _run([sys.executable, "-m", "grpo_cli", *args, "train.nproc=2", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    full = _metrics(run)
+    steps = [m for m in full if "loss" in m]
+    assert len(steps) == 3 and all(m["logprob_drift/max"] < 1e-4 for m in steps), steps
+    assert all(m["kl/mean"] > 0 for m in steps[1:])  # the sharded reference took part
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "final")
+    first = AutoModelForCausalLM.from_pretrained(tiny_overrides[1].split("=", 1)[1])
+    moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), first.parameters()))
+    assert moved > 1e-3 and model.lm_head.weight is model.get_input_embeddings().weight  # whole, trained, tied
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "final")
+    out = _run([sys.executable, "-m", "grpo_cli", f"resume={resumed}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _metrics(resumed) == full  # step 3 again: weights, RNGs and data restored
+    again = AutoModelForCausalLM.from_pretrained(resumed / "checkpoints" / "final")
+    for (name, a), b in zip(model.named_parameters(), again.parameters()):
+        assert torch.equal(a, b), name  # the same update: AdamW's moments came back too
 
 
 @pytest.mark.engine
