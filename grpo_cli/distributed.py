@@ -4,7 +4,8 @@ its own colocated vLLM engine and a replica of the learner.
     torchrun --nproc-per-node N -m grpo_cli +recipe=...      # or: grpo-train train.nproc=N ...
 
 What is split: the B prompts of a step, B / N per rank in whole groups (advantages stay local).
-What each rank holds: the policy (and reference, optimiser state) in full, its own vLLM engine
+What each rank holds: the policy (and reference, optimiser state) in full (train.strategy=ddp) or
+1/N of them (fsdp2, grpo_cli/sharding.py), its own vLLM engine
 seeded `sampler.seed + rank`, its own data stream position and RNGs. What crosses ranks: the rows
 of the loss mask an aggregation normalises by (so the loss is the one-process loss of the global
 batch), the gradients (summed), the step's metrics (rank 0 logs global values) and the decision

@@ -3,6 +3,8 @@
     python scripts/gpu_check.py                      # Qwen2.5-0.5B shape, 4 steps, then `pytest -m gpu`
     python scripts/gpu_check.py --shape 1.5b --skip-tests
     python scripts/gpu_check.py --shape tiny --device cpu --steps 2 --skip-tests   # the CPU smoke test
+    python scripts/gpu_check.py --skip-tests train.strategy=fsdp2   # the learner sharded (world of one):
+                                                  # compare its step split and peak memory with ddp's
 
 No hub: it builds a randomly initialised Qwen2 of the chosen shape (vocab 151,936, every id decodable)
 and a GSM8K-schema data file locally, then runs `grpo-train +recipe=gsm8k` in this process for a few
@@ -161,7 +163,7 @@ def main() -> int:
     if any(isinstance(v, float) and not math.isfinite(v) for m in steps for v in m.values()):
         failures.append("a metric is NaN or infinite")
 
-    result = {"shape": a.shape, "device": a.device, "matmul_peak_gflops": peak, "standalone_tokens_per_s": standalone_tps,
+    result = {"shape": a.shape, "device": a.device, "strategy": cfg.train.strategy, "matmul_peak_gflops": peak, "standalone_tokens_per_s": standalone_tps,
               "steps": steps}
     if med:
         tokens = sum(len(x) for x in ids) / B + med["completion_len/mean"]  # per sequence
@@ -191,7 +193,8 @@ def report(r: dict) -> None:
     from rich.table import Table
 
     m = r["median"]
-    t = Table(title=f"gpu_check: gsm8k recipe, Qwen2.5-{r['shape']} shape on {r['device']} (median of timed steps)")
+    t = Table(title=f"gpu_check: gsm8k recipe, Qwen2.5-{r['shape']} shape on {r['device']}, train.strategy="
+                    f"{r['strategy']} (median of timed steps)")
     t.add_column("metric")
     t.add_column("value", justify="right")
     rows = [
