@@ -174,7 +174,7 @@ class Learner:
         """
         t = mb.completion_mask.shape[1]
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
-        forward = self.forwards[model]
+        forward = self.forwards.get(model) or LogprobModel(model)  # any other model: as it is
         with self.autocast():
             if self.cfg.train.pack_sequences:  # grpo_cli/packing.py: rows of whole sequences, no padding
                 # Shared prompts need the tree-shaped 4D mask (sdpa, eager attention).
