@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
+from grpo_cli import attention
 from grpo_cli.correction import NoCorrection
 from grpo_cli.distributed import Dist
 from grpo_cli.faults import BadStepGuard
@@ -158,6 +159,7 @@ class Learner:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
         self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)  # NaN/Inf gradients skip the update
         dtype = cfg.train.autocast_dtype
+        attention.install()  # on the CPU under autocast, attention in fp32 (its bf16 backward is slow there)
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
         )
