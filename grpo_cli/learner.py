@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
-from grpo_cli import attention
+from grpo_cli import attention, host_memory
 from grpo_cli.correction import NoCorrection
 from grpo_cli.distributed import Dist
 from grpo_cli.faults import BadStepGuard
@@ -130,6 +130,8 @@ class Learner:
         self.cfg = cfg
         self.dist = dist or Dist()
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":  # activations keep their pages from step to step (glibc)
+            host_memory.keep_freed_memory()
         self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
         # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
         self.peft = apply_lora(self.policy, cfg.model.lora) if cfg.model.lora.r else None

@@ -120,15 +120,18 @@ def bench_grpo_cli(overrides: list[str], work: Path) -> dict:
 
 def engine_child(overrides: list[str], steps: int, out: Path) -> None:
     """Runs inside the roofline subprocess: grpo-cli's sampler alone (nothing else in the process)
-    generates the rollouts of the run's steps + 1 batches (same prompt stream, G and engine)."""
+    generates the rollouts of the run's steps + 1 batches (same prompt stream, G and engine), under
+    the host-memory setting grpo-cli's CPU learner puts on its process (grpo_cli/host_memory.py)."""
     from transformers import set_seed
 
     from grpo_cli.config import compose
     from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
+    from grpo_cli.host_memory import keep_freed_memory
     from grpo_cli.models import load_tokenizer
     from grpo_cli.sampler import VLLMSampler
 
     cfg = compose(overrides)
+    keep_freed_memory()
     set_seed(cfg.seed)
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     stream = PromptStream(load_splits(cfg.data)[0], B, cfg.seed, cfg.data.shuffle)

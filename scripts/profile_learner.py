@@ -1,19 +1,22 @@
 """Where a learner step of the bench-cpu workload spends its time (torch.profiler, CPU).
 
-    .venv/bin/python scripts/profile_learner.py [--shape bench|demo] [--steps 3] [--rows 25] [KEY=VALUE ...]
+    .venv/bin/python scripts/profile_learner.py [--shape bench|demo] [--steps 3] [--rows 25] [--shapes]
+        [--glibc-default] [KEY=VALUE ...]
 
 Builds the bench model (grpo_cli.tiny, random init) and one rollout batch of the bench's shape
 (16 prompts "a+b=" x G=8, completion lengths drawn like the bench's, mean ~42 of <= 64 tokens,
 random tokens) or, with `--shape demo`, of `make demo`'s (32 prompts "max(a,b)=" of 11 tokens x G=8,
 completions of 2-5 tokens, one micro-batch of 256), runs one warm-up `Learner.train_step`, then
 profiles `--steps` more. Prints the
-wall time per step and the top ops by self CPU time. Extra arguments are grpo-train overrides
+wall time and page faults per step and the top ops by self CPU time (`--shapes`: per input shape
+and dtype). Extra arguments are grpo-train overrides
 (e.g. train.autocast_dtype=bfloat16 train.pack_sequences=false train.compile=true) applied to the learner's config.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -33,16 +36,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=25, help="ops in the table")
     p.add_argument("--trace", type=Path, help="also write a Chrome trace here")
+    p.add_argument("--glibc-default", action="store_true",
+                   help="leave glibc's malloc as it is (the learner tunes it: grpo_cli/host_memory.py), to compare")
+    p.add_argument("--shapes", action="store_true", help="group the table by op and input shapes (and dtypes)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     B, MAX_NEW, prompt_lens = SHAPES[a.shape]
 
+    from grpo_cli import host_memory
     from grpo_cli.config import compose
     from grpo_cli.learner import Learner, RolloutBatch
     from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
     from grpo_cli.tiny import save_tiny
 
     torch.set_num_threads(2)
+    if a.glibc_default:
+        host_memory.keep_freed_memory = lambda: False
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="profile-learner-"))
     model, data = save_tiny(tmp / "model"), write_jsonl(make_rows(100, seed=0), tmp / "train.jsonl")
@@ -73,15 +82,18 @@ def main() -> None:
     learner.train_step(batch)  # warm-up
     print(f"warm-up step: {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=a.shapes) as prof:
         for _ in range(a.steps):
             learner.train_step(batch)
     print(f"learner step: {(time.perf_counter() - t0) / a.steps:.3f} s (under the profiler)")
-    t0 = time.perf_counter()
+    t0, faults0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(a.steps):
         learner.train_step(batch)
-    print(f"learner step: {(time.perf_counter() - t0) / a.steps:.3f} s (no profiler)")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=50))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / a.steps
+    print(f"learner step: {(time.perf_counter() - t0) / a.steps:.3f} s (no profiler), {faults:.0f} page faults")
+    table = prof.key_averages(group_by_input_shape=a.shapes).table(
+        sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=50, max_shapes_column_width=90)
+    print(table)
     if a.trace:
         prof.export_chrome_trace(str(a.trace))
 
