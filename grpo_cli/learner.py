@@ -321,8 +321,9 @@ class Learner:
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
-        state = {"optimizer": self.sharding.optimizer_state(self.forwards[self.policy], self.optimizer), "scheduler": self.scheduler.state_dict(),
-                 "generator": self.generator.get_state(), "bad_steps": self.bad_steps.state_dict()}
+        state = {"optimizer": self.sharding.optimizer_state(self.forwards[self.policy], self.optimizer),
+                 "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                 "bad_steps": self.bad_steps.state_dict()}
         if self.peft is not None:  # LoRA: the checkpoint's export is the adapter; resume from these
             state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
         return state

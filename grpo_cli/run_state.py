@@ -18,6 +18,7 @@ then renamed in one step. A directory without a manifest is never loaded and is 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -276,7 +277,8 @@ def load_policy(policy, checkpoint: Path, load=None) -> None:
     weights = {}
     for f in sorted(checkpoint.glob("*.safetensors")):
         weights |= load_file(f)
-    missing, unexpected = (load or (lambda w: policy.load_state_dict(w, strict=False)))(weights)
+    load = load or functools.partial(policy.load_state_dict, strict=False)
+    missing, unexpected = load(weights)
     tied = set(getattr(policy, "_tied_weights_keys", None) or ())
     if isinstance(getattr(policy, "_tied_weights_keys", None), dict):
         tied = set(policy._tied_weights_keys)
