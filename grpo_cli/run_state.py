@@ -161,26 +161,51 @@ class RunState:
     extra: dict = field(default_factory=dict)  # counters of the fault guards
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
+    """Python, NumPy, torch's CPU generator and, on a CUDA learner, that one GPU's generator (not every
+    visible GPU's: a resume may see fewer GPUs, and the learner draws from its own device only)."""
     import numpy as np
     import torch
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = _cuda_index(device)
+    if device is not None:
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore every global RNG; call after the vLLM engine exists (building it reseeds them)."""
+def set_rng_state(state: dict, device=None) -> None:
+    """Restore every global RNG; call after the vLLM engine exists (building it reseeds them).
+
+    `device`: the learner's device. Its CUDA generator gets the saved one; a checkpoint written before
+    this saved one state per visible GPU (a list), whose entry for the learner's index is used."""
     import numpy as np
     import torch
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device, saved = _cuda_index(device), state.get("cuda")
+    if device is None or saved is None:
+        return
+    if isinstance(saved, (list, tuple)):  # old checkpoints: torch.cuda.get_rng_state_all()
+        if device >= len(saved):
+            return
+        saved = saved[device]
+    torch.cuda.set_rng_state(saved, device)
+
+
+def _cuda_index(device) -> int | None:
+    """The CUDA device index of `device` (a torch.device, str or None = the current CUDA device), or
+    None when it is not a CUDA device or CUDA is absent."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda") if device is None else torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def log_sizes(run_dir: Path) -> dict[str, int]:
@@ -221,7 +246,7 @@ def capture(step: int, learner, stream, logger, first_eval: dict, run_dir: Path,
     `components`: other stateful parts of the loop by name (the KL watch's beta, the refreshed
     reference's weights), each with `state_dict()` / `load_state_dict()`.
     """
-    return RunState(step=step, learner=learner.state_dict(), data=stream.state_dict(), rng=rng_state(),
+    return RunState(step=step, learner=learner.state_dict(), data=stream.state_dict(), rng=rng_state(learner.device),
                     wandb_id=logger.wandb_id, log_sizes=log_sizes(run_dir), first_eval=dict(first_eval),
                     extra={k: c.state_dict() for k, c in (components or {}).items()})
 
@@ -239,7 +264,7 @@ def restore(state: RunState, checkpoint: Path, learner, stream, components: dict
     for name, component in (components or {}).items():
         if name in state.extra:
             component.load_state_dict(state.extra[name])
-    set_rng_state(state.rng)
+    set_rng_state(state.rng, learner.device)
 
 
 def load(checkpoint: Path, dist=None) -> RunState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,17 +14,32 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.engine
 
 
-def test_gpu_check_smoke_runs_the_gsm8k_recipe_and_reports(tmp_path):
+def test_gpu_check_smoke_runs_the_cpu_subset_of_the_checklist(tmp_path):
     out = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--shape", "tiny", "--device", "cpu", "--steps", "2", "--skip-tests",
-         "--work", str(tmp_path), "--out", str(tmp_path / "r.json")],
+        [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--smoke", "--work", str(tmp_path),
+         "--out", str(tmp_path / "r.json")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads((tmp_path / "r.json").read_text())
-    assert r["failures"] == [] and len(r["steps"]) == 2
-    assert 0 < r["learner_mfu"] < 1.5 and r["median"]["logprob_drift/max"] < 1e-4  # fp32 on both sides
-    assert "gpu_check: ok" in out.stdout
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    items = json.loads((tmp_path / "r.json").read_text())["items"]
+    assert {n: r["status"] for n, r in items.items()} == {
+        "colocated-sleep0": "pass", "colocated-sleep1": "skipped", "colocated-sleep2": "skipped",
+        "torchrun2-ddp": "skipped", "torchrun2-fsdp2": "skipped", "server-nccl": "skipped",
+        "resume-fewer-gpus": "pass", "pytest-gpu": "skipped"}
+    assert all(r["why"] for r in items.values() if r["status"] == "skipped")
+    recipe = json.loads((tmp_path / "checklist" / "colocated-sleep0.json").read_text())
+    assert len(recipe["steps"]) == 2 and recipe["median"]["logprob_drift/max"] < 1e-4  # fp32 on both sides
+    assert recipe.get("learner_mfu_error") or 0 < recipe["learner_mfu"] <= 1
+    assert items["resume-fewer-gpus"]["numbers"]["steps"] == 3
+    assert "gpu_check: " in out.stdout and "ok" in out.stdout.splitlines()[-1]
+
+
+def test_an_mfu_over_100_percent_is_reported_as_a_measurement_error():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.mfu_note(0.6) is None
+    assert "measurement error" in gpu_check.mfu_note(1.4)
 
 
 def test_gpu_check_without_cuda_says_so():
