@@ -136,9 +136,10 @@ class SamplerConfig:
     """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
     default, which keeps vLLM's checkpoint-loading progress bar off the console."""
     sleep_level: int = 0
-    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
-    weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
-    (they are pushed from the learner after waking anyway)."""
+    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 2 (recommended) frees the
+    engine's weights and KV cache while the learner runs (the learner pushes every weight after
+    waking anyway); 1 also frees both but first copies the weights to host memory and back every
+    step, only for the push to overwrite them."""
     kind: str = "colocated"
     """colocated: an in-process vLLM engine beside the learner (sampler=vllm, vllm-cpu); server: a
     `vllm serve` process on its own devices, over HTTP (sampler=vllm-server, vllm-server-cpu)."""
