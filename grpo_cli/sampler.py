@@ -170,13 +170,14 @@ class VLLMSampler:
         """The engine stays up for the next run in this process (tests, sweeps): see _ENGINES."""
 
 
-def make_sampler(cfg: DictConfig, model_cfg: DictConfig, run_dir):
+def make_sampler(cfg: DictConfig, model_cfg: DictConfig, run_dir, learner_device: str):
     """The sampler `sampler.kind` names: the in-process engine, or a vLLM server (grpo_cli/server_sampler.py).
 
     Both have generate -> Rollouts, load_weights(weights, version), sleep() and are context managers.
+    `learner_device` (train.device) is where the server's weight updates come from.
     """
     if cfg.kind == "server":
         from grpo_cli.server_sampler import ServerSampler
 
-        return ServerSampler(cfg, model_cfg, run_dir)
+        return ServerSampler(cfg, model_cfg, run_dir, learner_device)
     return VLLMSampler(cfg, model_cfg)
