@@ -127,8 +127,22 @@ def validate(cfg: DictConfig) -> None:
            "must start with http:// or https:// (empty starts a server)")
     _check(s.startup_timeout_s > 0, "sampler.startup_timeout_s", s.startup_timeout_s, "must be > 0")
     _check(s.request_timeout_s > 0, "sampler.request_timeout_s", s.request_timeout_s, "must be > 0")
+    _check(s.tensor_parallel_size >= 1, "sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
     if s.kind == "server":
         _check(s.sleep_level == 0, "sampler.sleep_level", s.sleep_level, "must be 0 with sampler.kind=server (it has its own devices)")
+        if not s.url:  # a server grpo-cli starts: on its own GPUs, or on a share of the learner's that leaves it room
+            from grpo_cli.server_sampler import shared_gpu
+
+            gpu = shared_gpu(s.devices, s.tensor_parallel_size, t.device)
+            _check(gpu is None or s.gpu_memory_utilization <= 0.5, "sampler.devices", s.devices,
+                   f"the vLLM server would take sampler.gpu_memory_utilization={s.gpu_memory_utilization} of GPU {gpu}, "
+                   f"the learner's (train.device={t.device}): give it its own, e.g. sampler.devices=1, "
+                   "or share with sampler.gpu_memory_utilization=0.3")
+    else:  # vLLM would pick its multiprocess executor (which cannot take our weight iterator) or, under
+        # torchrun, make the ranks of a TP group share prompts and seed, which ours do not
+        _check(s.tensor_parallel_size == 1, "sampler.tensor_parallel_size", s.tensor_parallel_size,
+               "must be 1 with the colocated sampler (one unsharded engine per learner rank): to shard the engine, "
+               "use the server sampler: sampler=vllm-server sampler.devices=\"'1,2'\" sampler.tensor_parallel_size=2")
     _check(a.max_staleness >= 0, "algo.max_staleness", a.max_staleness, "must be >= 0 (0 = on-policy)")
     if a.max_staleness:
         _check(s.kind == "server", "algo.max_staleness", a.max_staleness,

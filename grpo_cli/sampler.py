@@ -7,6 +7,7 @@ processes.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ def _shut_down(llm) -> None:
         finalizer()
 
 
+def _shut_down_all() -> None:
+    """Shut every engine down and return its GPU memory before the next engine sizes itself.
+
+    vLLM's objects hold reference cycles, so the memory is freed only by a collection, and
+    PyTorch's caching allocator keeps it reserved until emptied."""
+    while _ENGINES:
+        _shut_down(_ENGINES.popitem()[1])
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class VLLMSampler:
     def __init__(self, cfg: DictConfig, model_cfg: DictConfig):
         if cfg.sleep_level and not torch.cuda.is_available():
@@ -86,10 +99,10 @@ class VLLMSampler:
             **OmegaConf.to_container(cfg.engine_kwargs, resolve=True),
         )
         key = repr(sorted(args.items()))
-        if key not in _ENGINES:
-            for old in _ENGINES.values():  # at most one engine alive: a sweep's next job with new engine args
-                _shut_down(old)
-            _ENGINES.clear()
+        # At most one engine alive: a sweep's next job with new engine args replaces it, and so does a
+        # job after one that failed while the engine slept (level 2 dropped its weights).
+        if key not in _ENGINES or _ENGINES[key].llm_engine.is_sleeping():
+            _shut_down_all()
             _ENGINES[key] = LLM(**args)
         return _ENGINES[key]
 
@@ -142,8 +155,9 @@ class VLLMSampler:
     def sleep(self) -> None:
         """Give the engine's GPU memory to the learner until the next `load_weights` (sampler.sleep_level).
 
-        Level 1 offloads the weights to host memory and frees the KV cache; level 2 discards the
-        weights as well, which is safe because `load_weights` pushes all of them after waking.
+        Level 2 (recommended) discards the weights and the KV cache, which is safe because
+        `load_weights` pushes all of them after waking; level 1 first copies the weights to host
+        memory and back, only for the push to overwrite them.
         """
         if self.cfg.sleep_level and not self.asleep:
             self.llm.sleep(level=self.cfg.sleep_level)
@@ -156,13 +170,14 @@ class VLLMSampler:
         """The engine stays up for the next run in this process (tests, sweeps): see _ENGINES."""
 
 
-def make_sampler(cfg: DictConfig, model_cfg: DictConfig, run_dir):
+def make_sampler(cfg: DictConfig, model_cfg: DictConfig, run_dir, learner_device: str):
     """The sampler `sampler.kind` names: the in-process engine, or a vLLM server (grpo_cli/server_sampler.py).
 
     Both have generate -> Rollouts, load_weights(weights, version), sleep() and are context managers.
+    `learner_device` (train.device) is where the server's weight updates come from.
     """
     if cfg.kind == "server":
         from grpo_cli.server_sampler import ServerSampler
 
-        return ServerSampler(cfg, model_cfg, run_dir)
+        return ServerSampler(cfg, model_cfg, run_dir, learner_device)
     return VLLMSampler(cfg, model_cfg)

@@ -117,7 +117,8 @@ class SamplerConfig:
     gpu_memory_utilization: float = 0.3
     """Share of GPU memory vLLM may take; the learner colocated on the same GPU needs the rest."""
     tensor_parallel_size: int = 1
-    """GPUs the engine shards the model over."""
+    """GPUs the engine shards the model over: the server sampler only (sampler=vllm-server with as many
+    sampler.devices); the colocated engine runs unsharded, one per learner rank."""
     enforce_eager: bool = False
     """Disable CUDA graphs / torch.compile in vLLM (faster start, slower decode)."""
     seed: int = "${seed}"  # type: ignore[assignment]
@@ -136,9 +137,10 @@ class SamplerConfig:
     """Extra keyword arguments for `vllm.LLM` (e.g. `max_num_seqs`, `swap_space`); merged onto this
     default, which keeps vLLM's checkpoint-loading progress bar off the console."""
     sleep_level: int = 0
-    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 1 offloads the engine's
-    weights to host memory and frees its KV cache while the learner runs; 2 drops the weights too
-    (they are pushed from the learner after waking anyway)."""
+    """vLLM sleep mode between rollout and learning (CUDA only): 0 off; 2 (recommended) frees the
+    engine's weights and KV cache while the learner runs (the learner pushes every weight after
+    waking anyway); 1 also frees both but first copies the weights to host memory and back every
+    step, only for the push to overwrite them."""
     kind: str = "colocated"
     """colocated: an in-process vLLM engine beside the learner (sampler=vllm, vllm-cpu); server: a
     `vllm serve` process on its own devices, over HTTP (sampler=vllm-server, vllm-server-cpu)."""
@@ -148,7 +150,8 @@ class SamplerConfig:
     server_args: list[str] = field(default_factory=list)
     """server: extra `vllm serve` arguments for a server grpo-cli starts (e.g. [--max-num-seqs, "256"])."""
     devices: str | None = None
-    """server: CUDA_VISIBLE_DEVICES of a server grpo-cli starts (e.g. "1" while the learner uses GPU 0); null inherits."""
+    """server: CUDA_VISIBLE_DEVICES of a server grpo-cli starts (e.g. "1" while the learner uses GPU 0); null
+    inherits. A server on the learner's GPU is refused unless gpu_memory_utilization <= 0.5 leaves the learner room."""
     startup_timeout_s: float = 600.0
     """server: seconds a server grpo-cli starts may take to answer before the run fails."""
     request_timeout_s: float = 600.0
@@ -156,7 +159,10 @@ class SamplerConfig:
     weight_sync: str = "auto"
     """server: how weights reach it: nccl (vLLM's NCCL weight transfer, GPU), shm (safetensors in
     /dev/shm reloaded in place by the server, CPU or any host sharing the learner's RAM), auto (nccl
-    when CUDA is available, else shm)."""
+    when the learner is on CUDA (train.device), else shm). Weights travel in sampler.dtype, the server's."""
+    weight_sync_address: str = ""
+    """server, nccl: the learner host's address the server's workers connect to for the weight
+    transfer; empty: loopback for a server on loopback, else this host's routable address (vLLM's get_ip())."""
 
 
 @dataclass

