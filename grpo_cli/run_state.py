@@ -41,7 +41,8 @@ LOGS = ("metrics.jsonl", "completions.jsonl")  # appended every step; cut back t
 RESUMABLE = ("resume", "train.max_steps", "train.epochs", "train.max_bad_steps", "train.device", "logger", "eval",
              "checkpoint", "reward.max_failures_in_a_row", "run_name",
              # Where a vLLM server runs and how long to wait for it: a run whose server died resumes on a new one.
-             "sampler.url", "sampler.devices", "sampler.startup_timeout_s", "sampler.request_timeout_s")
+             "sampler.url", "sampler.devices", "sampler.startup_timeout_s", "sampler.request_timeout_s",
+             "sampler.weight_sync_address")
 
 
 class CheckpointError(UserError):
