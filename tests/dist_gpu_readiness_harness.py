@@ -124,7 +124,7 @@ def full_weights(overrides: list[str]) -> dict:
     try:
         for name, tensor in learner.weights():
             # full tensors of earlier names still alive now (the same object under a tied name aside)
-            alive = {id(t) for ref in seen.values() if (t := ref()) is not None and t is not tensor}
+            alive = {id(ref()) for ref in seen.values()} - {id(None), id(tensor)}  # no reference kept here
             most_alive = max(most_alive, len(alive))
             if name == "lm_head.weight":  # tied to the embeddings in the tiny model
                 embedding = seen.get("model.embed_tokens.weight")
