@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 import weakref
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -85,7 +86,7 @@ def cuda_group(overrides: list[str]) -> dict:
 
 
 def local_error(overrides: list[str]) -> dict:
-    dist.init_process_group("cuda:gloo", timeout=_timeout(60))  # serves CUDA tensors only, as NCCL does
+    dist.init_process_group("cuda:gloo", timeout=timedelta(seconds=60))  # serves CUDA tensors only, as NCCL does
     out: dict = {}
     attempt(out, "Dist.any", lambda: distributed.from_env().any(True))
     return out
@@ -133,16 +134,10 @@ def full_weights(overrides: list[str]) -> dict:
             gathered[name] = tensor.clone()
     finally:
         DTensor.full_tensor = real
-    loaded = AutoModelForCausalLM.from_pretrained(cfg.model.path, torch_dtype=torch.float32).state_dict()
+    loaded = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32).state_dict()
     return {"names": list(seen), "loaded_names": list(loaded), "most_alive": most_alive, "gathers": gathers,
             "tied_same_tensor": tied_same, "parameters": len(list(learner.policy.parameters())),
             "max_diff_to_checkpoint": max((gathered[k].float() - v).abs().max().item() for k, v in loaded.items())}
-
-
-def _timeout(s: float):
-    from datetime import timedelta
-
-    return timedelta(seconds=s)
 
 
 CASES = {"cuda_group": cuda_group, "local_error": local_error, "peer_died": peer_died, "full_weights": full_weights}
@@ -156,5 +151,4 @@ if __name__ == "__main__":
         result = {"crashed": traceback.format_exc()[-3000:]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{os.environ['RANK']}.json").write_text(json.dumps(result, indent=1))
-    sys.stdout.flush()
     os._exit(0)  # no group tear-down: a case may leave a broken group behind on purpose
