@@ -193,13 +193,24 @@ class Dist:
 
 
 def _call(fn, *args, **kwargs):
-    """A collective; a peer that died or timed out becomes one clear error, not a traceback."""
+    """A collective; a peer that died or timed out becomes one clear error, not a traceback. Any
+    other failure is this rank's own (e.g. a tensor on a device the group has no backend for) and
+    is raised as it is: it is a defect here, not a dead rank."""
     try:
         return fn(*args, **kwargs)
-    except (RuntimeError, ValueError, dist.DistBackendError) as err:
+    except RuntimeError as err:
+        if not _peer_failed(err):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(f"a collective across ranks failed (another rank died or timed out after "
                                f"train.dist_timeout_s): {first[:200]}") from err
+
+
+def _peer_failed(err: RuntimeError) -> bool:
+    """NCCL, the network and the rendezvous store raise DistError (backend, network, store); gloo a
+    plain RuntimeError from its transport ("Connection closed by peer", "Timed out waiting ... for
+    recv": both measured on torch 2.13)."""
+    return isinstance(err, dist.DistError) or "gloo/transport/" in str(err)
 
 
 # --- set-up and tear-down ----------------------------------------------------------------------
@@ -209,9 +220,16 @@ def from_env() -> Dist:
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def backend(device_type: str) -> str:
+    """The process group's backend for a learner on `device_type`: gloo on the CPU; on CUDA, NCCL
+    for CUDA tensors and gloo for the host tensors that counts, flags and pickled objects use.
+    NCCL serves CUDA tensors only: with NCCL alone every collective on a CPU tensor raises."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
 def init(timeout_s: float, device: str = "auto", group_of_one: bool = False) -> Dist:
-    """Join the torchrun world (idempotent): gloo on CPU, NCCL on CUDA, with a timeout on every
-    collective so a dead rank ends the others instead of hanging them.
+    """Join the torchrun world (idempotent): gloo on CPU, NCCL and gloo on CUDA (`backend`), with a
+    timeout on every collective so a dead rank ends the others instead of hanging them.
 
     `group_of_one`: a single process still gets a world (of one) to stand in, for the parts that
     need one (fsdp2's device mesh); vLLM's engine then joins that world instead of making its own."""
@@ -226,8 +244,8 @@ def init(timeout_s: float, device: str = "auto", group_of_one: bool = False) -> 
         from vllm.utils.network_utils import get_open_port
 
         init_method = f"tcp://127.0.0.1:{get_open_port()}"
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s), init_method=init_method,
-                            world_size=me.world, rank=me.rank)
+    dist.init_process_group(backend("cuda" if cuda else "cpu"), timeout=timedelta(seconds=timeout_s),
+                            init_method=init_method, world_size=me.world, rank=me.rank)
     return me
 
 

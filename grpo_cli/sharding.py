@@ -134,17 +134,29 @@ class FullyShard(Replicated):
         return norm
 
     def full_weights(self, model: LogprobModel) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every parameter's full tensor, gathered on every rank in the same (state_dict) order;
-        tied names (lm_head = embeddings) get the same tensor, gathered once.
+        """Every parameter's full tensor, gathered on every rank in the same (state_dict) order, one
+        at a time: the generator drops each before it gathers the next, so a rank never holds more
+        than one full tensor (plus what the consumer keeps). Tied names (lm_head = embeddings) get
+        the same tensor, gathered once and yielded under each name in a row.
 
-        Read through the FSDP root (its state-dict hook puts the sharded parameters back first)."""
+        Read through the FSDP root (its state-dict hook puts the sharded parameters back first).
+        Its state_dict() holds a separate DTensor per name, so ties are found by parameter identity."""
         from torch.distributed.tensor import DTensor
 
-        full: dict[int, torch.Tensor] = {}
-        for name, tensor in model.state_dict().items():
-            if id(tensor) not in full:
-                full[id(tensor)] = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
-            yield name.removeprefix("lm."), full[id(tensor)]
+        shards = model.state_dict()  # name -> this rank's shard (a DTensor)
+        names_of: dict[int, list[str]] = {}  # a parameter -> every name it has (several when tied)
+        for name, param in model.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(param), []).append(name)
+        tied = {name: [n for n in names if n in shards] for names in names_of.values() for name in names}
+        done: set[str] = set()
+        for name, tensor in shards.items():
+            if name in done:
+                continue
+            full = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+            for same in tied.get(name, [name]):
+                done.add(same)
+                yield same.removeprefix("lm."), full
+            del full  # before the next gather
 
     def optimizer_state(self, model: LogprobModel, optimizer: torch.optim.Optimizer) -> dict:
         """The full (unsharded) optimiser state by parameter name, on rank 0 ({} elsewhere)."""

@@ -125,6 +125,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     else:
         set_seed(cfg.seed + me.rank)  # python, numpy and torch RNGs (each rank's engine samples from torch's)
     start = state.step if state else 0
+    learner.synchronize()  # the loaded (or resumed) weights' host -> device copies are done before they are sent
     sampler.load_weights(learner.weights(), version=start)  # the engine starts from exactly the learner's weights
     first = state.first_eval if state else run_eval(0)
 
