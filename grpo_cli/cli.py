@@ -8,10 +8,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grpo_cli.config import exit_on_config_error, register_configs
-from grpo_cli.console import is_verbose, quiet_before_imports
+from grpo_cli.config.paths import config_dir
+from grpo_cli.config.validate import exit_on_config_error, register_configs
 from grpo_cli.errors import UserError
-from grpo_cli.paths import config_dir
+from grpo_cli.observe.console import is_verbose, quiet_before_imports
 
 register_configs()
 
@@ -23,8 +23,8 @@ def _run(cfg: DictConfig) -> float | None:
     exit_on_config_error(cfg)
     quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
     # Heavy imports (torch, vllm) only once the config is good and those switches are set.
-    from grpo_cli import distributed
-    from grpo_cli.faults import RunStopped
+    from grpo_cli.parallel import dist as distributed
+    from grpo_cli.state.stop import RunStopped
 
     run_dir = HydraConfig.get().runtime.output_dir
     nproc = distributed.ranks_to_launch(cfg.train.nproc, cfg.resume, run_dir)
@@ -60,13 +60,13 @@ def _quiet_early(argv: list[str]) -> None:
 
 
 def _one_run_dir(argv: list[str]) -> list[str]:
-    """Under plain torchrun, every rank into one run dir (grpo_cli/distributed.py pins it)."""
+    """Under plain torchrun, every rank into one run dir (grpo_cli/parallel/dist.py pins it)."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return argv
-    from grpo_cli.distributed import pin_run_dir
-    from grpo_cli.schema import TrainConfig
+    from grpo_cli.config.schema import TrainConfig
+    from grpo_cli.parallel.dist import pin_run_dir
 
     timeout = [a.split("=", 1)[1] for a in argv if a.startswith("train.dist_timeout_s=")]
     return pin_run_dir(argv, float(timeout[-1]) if timeout else TrainConfig.dist_timeout_s)

@@ -21,21 +21,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from grpo_cli import distributed, run_state
-from grpo_cli.advantages import group_advantages
-from grpo_cli.console import route_logs
-from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
-from grpo_cli.evaluate import evaluate
-from grpo_cli.faults import RunStopped, StopSignals, stop_reason
-from grpo_cli.filters import ScoredGroups
-from grpo_cli.kl_control import KLWatch
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logging import NullLogger, RunLogger
-from grpo_cli.models import check_model, load_tokenizer
-from grpo_cli.reference import ReferenceRefresh
+from grpo_cli.algo.advantages import group_advantages
+from grpo_cli.algo.kl_watch import KLWatch
+from grpo_cli.algo.reference import ReferenceRefresh
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.learner.models import check_model, load_tokenizer
+from grpo_cli.observe.console import route_logs
+from grpo_cli.observe.logger import NullLogger, RunLogger
+from grpo_cli.parallel import dist as distributed
 from grpo_cli.rewards import Rewards
-from grpo_cli.rollouts import RolloutSource
-from grpo_cli.sampler import SamplerError, make_sampler
+from grpo_cli.rollout.evaluate import evaluate
+from grpo_cli.rollout.filters import ScoredGroups
+from grpo_cli.rollout.prompts import PromptFormatter, PromptStream, as_batch, load_splits
+from grpo_cli.rollout.sampler import SamplerError, make_sampler
+from grpo_cli.rollout.source import RolloutSource
+from grpo_cli.state import checkpoint as run_state
+from grpo_cli.state.stop import RunStopped, StopSignals, stop_reason
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float | None:
@@ -51,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
 def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: StopSignals,
          cleanup: contextlib.ExitStack) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Under torchrun (grpo_cli/distributed.py): this rank's share of every step's prompts, its own
+    # Under torchrun (grpo_cli/parallel/dist.py): this rank's share of every step's prompts, its own
     # engine, the learner's reductions; rank 0 alone logs and writes the model. Else a world of one.
     me = distributed.init(cfg.train.dist_timeout_s, cfg.train.device, group_of_one=cfg.train.strategy == "fsdp2")
     # Resuming: the newest complete checkpoint's config and state; logs are cut back to it.

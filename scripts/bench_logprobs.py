@@ -32,7 +32,7 @@ def _hwm_bytes() -> int:
 def one(path: str, tokens: int, vocab: int, hidden: int, device: str, compare: bool) -> dict:
     import torch
 
-    from grpo_cli.logprobs import naive_token_logprobs, token_logprobs
+    from grpo_cli.learner.logprobs import naive_token_logprobs, token_logprobs
 
     torch.set_num_threads(2) if device == "cpu" else None
     g = torch.Generator(device=device).manual_seed(0)

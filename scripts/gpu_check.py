@@ -52,7 +52,7 @@ SHAPES = {
 
 
 def build_model(shape: str, work: Path) -> Path:
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
 
     out = work / f"qwen2.5-{shape}-shape"
     if not (out / "config.json").exists():
@@ -111,7 +111,7 @@ def overrides(a, model: Path, data: tuple[Path, Path], run_dir: Path, **replace)
     if a.device == "cpu":  # the smoke test: vLLM's CPU engine, fp32, short completions
         kv |= {"sampler": "vllm-cpu", "sampler.dtype": "float32", "train.autocast_dtype": "null",
                "sampler.max_tokens": 32, "sampler.max_model_len": 256, "train.prompts_per_step": 4,
-               "train.micro_batch_size": 8, "algo.is_correction._target_": "grpo_cli.correction.NoCorrection"}
+               "train.micro_batch_size": 8, "algo.is_correction._target_": "grpo_cli.algo.correction.NoCorrection"}
     kv |= {k.replace("__", "."): v for k, v in replace.items()}
     return ["+recipe=gsm8k"] + [f"{k}={v}" for k, v in kv.items()] + list(a.override)
 
@@ -134,10 +134,10 @@ def single(a) -> int:
     model, data = build_model(a.shape, a.work), write_gsm8k(a.work)
     run_dir = a.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
-    from grpo_cli.config import compose
-    from grpo_cli.data import PromptFormatter, as_batch, load_table
-    from grpo_cli.models import load_tokenizer
-    from grpo_cli.sampler import VLLMSampler
+    from grpo_cli.config.validate import compose
+    from grpo_cli.learner.models import load_tokenizer
+    from grpo_cli.rollout.prompts import PromptFormatter, as_batch, load_table
+    from grpo_cli.rollout.sampler import VLLMSampler
     from grpo_cli.train import run
 
     cfg = compose(overrides(a, model, data, run_dir))

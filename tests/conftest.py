@@ -14,13 +14,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 
-from grpo_cli.config import compose  # noqa: E402,F401  (tests import it from here)
+from grpo_cli.config.validate import compose  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Qwen2 with the character tokenizer, saved with save_pretrained."""
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128,
                      num_layers=2, num_heads=2, num_kv_heads=1, seed=0)
@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory) -> Path:
-    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
+    from examples.demo.arithmetic import make_rows, write_jsonl
 
     return write_jsonl(make_rows(200, seed=0), tmp_path_factory.mktemp("data") / "train.jsonl")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from grpo_cli import distributed
-from grpo_cli.config import compose
+from grpo_cli.config.validate import compose
+from grpo_cli.parallel import dist as distributed
 
 
 def as_gloo(backend: str) -> str:
@@ -66,8 +66,8 @@ def attempt(results: dict, key: str, fn) -> None:
 
 
 def cuda_group(overrides: list[str]) -> dict:
-    from grpo_cli.learner import Learner
-    from grpo_cli.sharding import FullyShard
+    from grpo_cli.learner.learner import Learner
+    from grpo_cli.parallel.sharding import FullyShard
     from tests.dist_learner_harness import recorded_batch, share
 
     me, backend = init_as_on_cuda(60)
@@ -107,7 +107,7 @@ def full_weights(overrides: list[str]) -> dict:
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from grpo_cli.learner import Learner
+    from grpo_cli.learner.learner import Learner
 
     me = distributed.init(60)
     cfg = compose(overrides + ["train.device=cpu", "train.strategy=fsdp2"])

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from grpo_cli import distributed
-from grpo_cli.config import compose
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logging import to_host
+from grpo_cli.config.validate import compose
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.observe.logger import to_host
+from grpo_cli.parallel import dist as distributed
 
 # Plain SGD compares the gradients themselves: AdamW's first step is ~lr * sign(g), which turns the
 # float-rounding differences of near-zero gradient entries into lr-sized ones (measured: 2-4e-6 at

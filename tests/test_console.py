@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.console import _QUIET_ENV, LOG_FILE, route_logs
+from grpo_cli.observe.console import _QUIET_ENV, LOG_FILE, route_logs
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def _emit():
     logging.getLogger("vllm.model_executor.reload").warning("RotaryEmbedding: Failed to load weights")
     logging.getLogger("vllm.engine").info("Initializing a V1 LLM engine")
     logging.getLogger("vllm.engine").error("engine died")
-    logging.getLogger("grpo_cli.data").warning("our own warning")
+    logging.getLogger("grpo_cli.rollout.prompts").warning("our own warning")
 
 
 def test_library_logs_go_to_the_file_and_only_errors_and_ours_to_the_console(terminal, tmp_path):

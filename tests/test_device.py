@@ -13,10 +13,10 @@ import torch
 import transformers.masking_utils
 
 from grpo_cli.errors import UserError
-from grpo_cli.faults import BadStepGuard
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logprobs import chunk_tokens, naive_token_logprobs, token_logprobs
-from grpo_cli.models import resolve_device
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.learner.logprobs import chunk_tokens, naive_token_logprobs, token_logprobs
+from grpo_cli.learner.models import resolve_device
+from grpo_cli.state.stop import BadStepGuard
 from tests.conftest import compose
 
 PAD = 0
@@ -134,7 +134,7 @@ def test_learner_logprobs_equal_a_plain_forward_with_full_logits(tiny_overrides)
 
 
 def test_sleep_mode_without_cuda_is_a_one_line_error(tiny_overrides):
-    from grpo_cli.sampler import SamplerError, VLLMSampler
+    from grpo_cli.rollout.sampler import SamplerError, VLLMSampler
 
     cfg = compose(tiny_overrides + ["sampler.sleep_level=1"])
     if torch.cuda.is_available():

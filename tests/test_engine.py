@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.sampler import VLLMSampler
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.rollout.sampler import VLLMSampler
 from grpo_cli.train import run
 from tests.conftest import compose
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_cli.faults import RunStopped
-from grpo_cli.logging import RunLogger
+from grpo_cli.observe.logger import RunLogger
 from grpo_cli.rewards import RewardError
+from grpo_cli.state.stop import RunStopped
 from grpo_cli.train import run
 from tests.conftest import compose
 

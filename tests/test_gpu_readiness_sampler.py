@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from grpo_cli import sampler as sampler_mod
 from grpo_cli import server_sampler as ss
-from grpo_cli.config import compose, validate
-from grpo_cli.sampler import VLLMSampler
-from grpo_cli.server_sampler import (
+from grpo_cli.config.validate import compose, validate
+from grpo_cli.rollout.sampler import VLLMSampler
+from grpo_cli.rollout.server import (
     ServerSampler,
     ShmWeightSync,
     nccl_master_address,

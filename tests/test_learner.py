@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli.learner import Learner, RolloutBatch
+from grpo_cli.learner.learner import Learner, RolloutBatch
 from tests.conftest import compose
 
 PAD = 0

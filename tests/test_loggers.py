@@ -9,8 +9,8 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from grpo_cli.logging import RunLogger
-from grpo_cli.report import find_runs, run_labels
+from grpo_cli.observe.logger import RunLogger
+from grpo_cli.observe.report import find_runs, run_labels
 from tests.conftest import compose
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -67,11 +67,11 @@ def test_grpo_report_overlays_runs_and_sweeps(tiny_overrides, tmp_path):
     assert run_labels(find_runs([sweep])) == ["algo.beta=0", "algo.beta=0.04"]
 
     out = tmp_path / "cmp.png"
-    done = subprocess.run([sys.executable, "-m", "grpo_cli.report", str(sweep), str(tmp_path / "single"), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "grpo_cli.observe.report", str(sweep), str(tmp_path / "single"), "-o", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().startswith(PNG) and out.stat().st_size > 10_000
 
-    bad = subprocess.run([sys.executable, "-m", "grpo_cli.report", str(tmp_path / "nothing")],
+    bad = subprocess.run([sys.executable, "-m", "grpo_cli.observe.report", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("grpo-report: error: ") and "Traceback" not in bad.stderr

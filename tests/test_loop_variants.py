@@ -9,13 +9,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from grpo_cli.config import ConfigError, validate
-from grpo_cli.data import PromptBatch
-from grpo_cli.filters import DynamicSampling, KeepAll, ScoredGroups, SkipZeroStd
-from grpo_cli.kl_control import AdaptiveKLController, KLLimitExceeded, KLWatch
+from grpo_cli.algo.kl_watch import AdaptiveKLController, KLLimitExceeded, KLWatch
+from grpo_cli.config.validate import ConfigError, validate
 from grpo_cli.rewards import RewardResult, Rewards
 from grpo_cli.rewards.overlong import OverlongPenalty
-from grpo_cli.sampler import Rollouts
+from grpo_cli.rollout.filters import DynamicSampling, KeepAll, ScoredGroups, SkipZeroStd
+from grpo_cli.rollout.prompts import PromptBatch
+from grpo_cli.rollout.sampler import Rollouts
 from tests.conftest import compose
 
 G = 2
@@ -176,7 +176,7 @@ def tiny_rm(tmp_path_factory):
     """A tiny Qwen2 reward model (num_labels=1) with the tiny model's tokenizer and config."""
     from transformers import Qwen2ForSequenceClassification
 
-    from grpo_cli.tiny import build_config, build_tokenizer
+    from examples.demo.tiny import build_config, build_tokenizer
 
     tok = build_tokenizer()
     config = build_config(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
@@ -232,7 +232,7 @@ def test_reward_model_next_to_a_rule_reward_with_weights(tiny_rm):
 
 
 def _tiny_lm(seed):
-    from grpo_cli.tiny import build_model, build_tokenizer
+    from examples.demo.tiny import build_model, build_tokenizer
 
     return build_model(build_tokenizer(), seed=seed, hidden_size=16, intermediate_size=32, num_layers=1,
                        num_heads=2, num_kv_heads=1)
@@ -240,7 +240,7 @@ def _tiny_lm(seed):
 
 @pytest.mark.parametrize("alpha", [1.0, 0.25])
 def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
-    from grpo_cli.reference import ReferenceRefresh
+    from grpo_cli.algo.reference import ReferenceRefresh
 
     policy, ref = _tiny_lm(1), _tiny_lm(2)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
@@ -267,8 +267,8 @@ def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
 def test_lora_gradients_reach_the_adapters_only(checkpointing):
     from omegaconf import OmegaConf
 
-    from grpo_cli.config import LoraSettings
-    from grpo_cli.lora import apply_lora, merged_weights
+    from grpo_cli.config.validate import LoraSettings
+    from grpo_cli.learner.lora import apply_lora, merged_weights
 
     model = _tiny_lm(1).train()
     if checkpointing:

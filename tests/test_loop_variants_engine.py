@@ -12,9 +12,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_cli.checkpoint import save_checkpoint
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.sampler import VLLMSampler
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.rollout.sampler import VLLMSampler
+from grpo_cli.state.export import save_checkpoint
 from grpo_cli.train import run
 from tests.conftest import compose
 
@@ -107,7 +107,7 @@ def test_reference_refresh_every_step_makes_the_next_kl_zero(tiny_overrides, tmp
 
 
 def test_kl_watch_in_the_loop_adapts_beta_and_stops_with_a_checkpoint(tiny_overrides, tmp_path):
-    from grpo_cli.kl_control import KLLimitExceeded
+    from grpo_cli.algo.kl_watch import KLLimitExceeded
 
     cfg = compose(tiny_overrides + SIGNAL + ["algo.beta=0.04", "optim.lr=1e-2", "train.max_steps=3", "algo.kl_limit=1e-9",
                                     "algo.kl_action=adapt", "algo.kl_horizon=16", "train.device=cpu", "checkpoint.final=false"])

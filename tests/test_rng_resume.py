@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grpo_cli import run_state
+from grpo_cli.state import checkpoint as run_state
 
 
 class FakeCuda:

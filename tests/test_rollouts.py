@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.rollouts import RolloutSource
+from grpo_cli.learner.learner import Learner, RolloutBatch
+from grpo_cli.rollout.source import RolloutSource
 from tests.conftest import compose
 
 
@@ -119,7 +119,7 @@ def test_stale_pi_old_is_the_samplers_logprobs(tiny_overrides, is_correction):
     def trained(max_staleness):
         torch.manual_seed(0)
         cfg = compose(tiny_overrides + [f"algo.max_staleness={max_staleness}", "optim.lr=1e-2",
-                                        f"algo.is_correction._target_=grpo_cli.correction.{is_correction}"])
+                                        f"algo.is_correction._target_=grpo_cli.algo.correction.{is_correction}"])
         learner = Learner(cfg, total_optim_steps=1)
         prompts, completions = [[5, 6], [5, 6], [7], [7]], [[30, 31], [40, 41, 42], [3], [9, 9]]
         batch = RolloutBatch.build(prompts, completions, [[0.0] * len(c) for c in completions],

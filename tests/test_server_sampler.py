@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from grpo_cli.server_sampler import VLLMServer
+from grpo_cli.rollout.server import VLLMServer
 from grpo_cli.train import run
 from tests.conftest import REPO, compose
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from grpo_cli.learner import Learner, RolloutBatch
+from grpo_cli.learner.learner import Learner, RolloutBatch
 from grpo_cli.train import run
 from tests.conftest import compose
 
@@ -67,10 +67,10 @@ def digits(prompts, completions, **_):
 @pytest.mark.engine
 def test_gspo_runs_two_steps_through_the_engine(tiny_overrides, tmp_path):
     cfg = compose(tiny_overrides + [
-        "algo=gspo", "algo.group_size=4", "algo.is_correction._target_=grpo_cli.correction.MaskedIS",
+        "algo=gspo", "algo.group_size=4", "algo.is_correction._target_=grpo_cli.algo.correction.MaskedIS",
         "+reward.funcs.digits.fn=tests.test_variants_run.digits",
     ])
-    assert cfg.algo.objective._target_ == "grpo_cli.objectives.GSPO"
+    assert cfg.algo.objective._target_ == "grpo_cli.algo.objectives.GSPO"
     run(cfg, run_dir=tmp_path)
     steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "reward/mean" in m]
@@ -104,8 +104,8 @@ def test_finish_reasons_reach_the_learner(tiny_overrides, tmp_path, monkeypatch)
 def test_every_other_loss_part_runs_through_the_engine_together(tiny_overrides, tmp_path):
     """Dual-clip + response-level k1 KL (so a reference) + token TIS + entropy bonus + truncation mask."""
     cfg = compose(tiny_overrides + [
-        "algo.objective._target_=grpo_cli.objectives.DualClip", "algo.kl._target_=grpo_cli.kl.ResponseKL",
-        "algo.kl.estimator=k1", "algo.beta=0.04", "algo.is_correction._target_=grpo_cli.correction.TruncatedIS",
+        "algo.objective._target_=grpo_cli.algo.objectives.DualClip", "algo.kl._target_=grpo_cli.algo.kl.ResponseKL",
+        "algo.kl.estimator=k1", "algo.beta=0.04", "algo.is_correction._target_=grpo_cli.algo.correction.TruncatedIS",
         "algo.entropy_coef=0.01", "algo.mask_truncated=true", "sampler.max_tokens=4",
         "+reward.funcs.digits.fn=tests.test_variants_run.digits", "checkpoint.final=false",
     ])

@@ -21,12 +21,12 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from grpo_cli.config import reward_spec
+from grpo_cli.config.validate import reward_spec
 from grpo_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from grpo_cli.data import PromptBatch
-    from grpo_cli.sampler import Rollouts
+    from grpo_cli.rollout.prompts import PromptBatch
+    from grpo_cli.rollout.sampler import Rollouts
 
 RewardFn = Callable[..., list]
 # TRL passes these as arguments of their own, never as dataset columns.
