@@ -127,15 +127,15 @@ def engine_child(overrides: list[str], steps: int, out: Path) -> None:
     from grpo_cli.config.validate import compose
     from grpo_cli.learner.host_memory import keep_freed_memory
     from grpo_cli.learner.models import load_tokenizer
+    from grpo_cli.rollout.colocated import ColocatedSampler
     from grpo_cli.rollout.prompts import PromptFormatter, PromptStream, as_batch, load_splits
-    from grpo_cli.rollout.sampler import VLLMSampler
 
     cfg = compose(overrides)
     keep_freed_memory()
     set_seed(cfg.seed)
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     stream = PromptStream(load_splits(cfg.data)[0], B, cfg.seed, cfg.data.shuffle)
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)
     record: dict[str, list[float]] = defaultdict(list)
     for _ in range(steps + 1):
         ids = fmt.encode(as_batch(stream.next(), fmt).prompts)

@@ -88,7 +88,7 @@ def main() -> int:
     from omegaconf import OmegaConf
 
     from examples.demo.tiny import build_tokenizer
-    from grpo_cli.rollout.sampler import VLLMSampler
+    from grpo_cli.rollout.colocated import ColocatedSampler
 
     a.work.mkdir(parents=True, exist_ok=True)
     model_dir = build(a.work, a.shape, a.sharpen)
@@ -100,7 +100,7 @@ def main() -> int:
                                      tensor_parallel_size=1, enforce_eager=True, sleep_level=0, engine_kwargs={},
                                      temperature=1.0, top_p=1.0, top_k=-1, max_tokens=a.max_tokens, stop=[]))
         mcfg = OmegaConf.create(dict(path=str(model_dir), tokenizer=None, trust_remote_code=False))
-        rollouts = VLLMSampler(scfg, mcfg).generate(prompts, n=a.n)
+        rollouts = ColocatedSampler(scfg, mcfg).generate(prompts, n=a.n)
         results[dtype] = drift(rollouts.logprobs, learner_logp(model_dir, rollouts, a.device))
         print(f"sampler {dtype} vs learner float32 ({a.shape} x{a.sharpen:g}): " + json.dumps(
             {k: round(v, 6) if isinstance(v, float) else v for k, v in results[dtype].items()}), flush=True)

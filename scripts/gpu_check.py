@@ -136,8 +136,8 @@ def single(a) -> int:
 
     from grpo_cli.config.validate import compose
     from grpo_cli.learner.models import load_tokenizer
+    from grpo_cli.rollout.colocated import ColocatedSampler
     from grpo_cli.rollout.prompts import PromptFormatter, as_batch, load_table
-    from grpo_cli.rollout.sampler import VLLMSampler
     from grpo_cli.train import run
 
     cfg = compose(overrides(a, model, data, run_dir))
@@ -146,7 +146,7 @@ def single(a) -> int:
     print(f"{a.device} {str(dtype).removeprefix('torch.')} matmul peak: {peak:,.0f} GFLOP/s", flush=True)
 
     # The engine alone on one step's rollout (same prompts, G and settings): the sampler's roofline.
-    sampler = VLLMSampler(cfg.sampler, cfg.model)  # the run below reuses this very engine
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)  # the run below reuses this very engine
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     B, G = cfg.train.prompts_per_step, cfg.algo.group_size
     ids = fmt.encode(as_batch(load_table(str(data[0])).select(range(B)), fmt).prompts)

@@ -61,7 +61,7 @@ def main() -> None:
         f"algo.group_size={G}", "algo.beta=0.04", f"train.prompts_per_step={B}",
         f"train.micro_batch_size={B * G}", "optim.lr=1e-4", "logger=none", *a.overrides,
     ])
-    learner = Learner(cfg, total_optim_steps=100)
+    learner = Learner(cfg.model, cfg.algo, cfg.optim, cfg.train, cfg.sampler.temperature, cfg.seed, total_optim_steps=100)
     gen = torch.Generator().manual_seed(0)
     n = B * G
     if a.shape == "bench":  # like the bench's random model: EOS (1/128 per token) or the 64-token limit

@@ -17,6 +17,25 @@ REPO = Path(__file__).resolve().parents[1]
 from grpo_cli.config.validate import compose  # noqa: E402,F401  (tests import it from here)
 
 
+def make_learner(cfg, total_optim_steps: int, dist=None):
+    """The Learner a run of `cfg` builds, from the same config sections grpo_cli/train.py passes."""
+    from grpo_cli.learner.learner import Learner
+
+    return Learner(cfg.model, cfg.algo, cfg.optim, cfg.train, cfg.sampler.temperature, cfg.seed, total_optim_steps, dist)
+
+
+def make_logger(cfg, run_dir, total_steps: int, rows: tuple[int, int | None] = (0, None)):
+    """The RunLogger a run of `cfg` builds (as grpo_cli/train.py does), with `rows` train/eval rows."""
+    from omegaconf import OmegaConf
+
+    from grpo_cli.observe.logger import RunHeader, RunLogger
+
+    header = RunHeader(cfg.model.path, cfg.data.path, rows[0], rows[1], total_steps, cfg.train.prompts_per_step,
+                       cfg.algo.group_size, cfg.run_name)
+    accuracy = cfg.reward.accuracy or next(iter(cfg.reward.funcs))
+    return RunLogger(cfg.logger, run_dir, header, OmegaConf.to_container(cfg, resolve=True), accuracy)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Qwen2 with the character tokenizer, saved with save_pretrained."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.observe.console import _QUIET_ENV, LOG_FILE, route_logs
+from grpo_cli.observe.console import LOG_FILE, QUIET_ENV, route_logs
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_a_run_console_fits_on_a_screen(tiny_overrides, tmp_path):
     """A real run from the CLI, W&B offline: header, evals, final table; no engine or W&B chatter."""
     args = [*tiny_overrides, "logger.wandb_mode=offline", "logger.progress=true", f"hydra.run.dir={tmp_path}"]
     # A clean environment: earlier in-process runs of this session set the quiet switches in os.environ.
-    env = {k: v for k, v in os.environ.items() if k not in _QUIET_ENV} | {"WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV} | {"WANDB_MODE": "offline"}
     out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.pause import CALLBACK
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node"]  # + N, --standalone, ...
 
@@ -221,7 +222,7 @@ def _start_paused(args: list[str], pause: str, pause_s: str, log: Path, cwd: Pat
 
     env = _env() | {"GRPO_CLI_TEST_PAUSE": pause, "GRPO_CLI_TEST_PAUSE_S": pause_s}
     with open(log, "w") as err:  # the child keeps its own copy of the file
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(args + [CALLBACK], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
     deadline = time.monotonic() + 240
     while f"paused at {pause}" not in log.read_text():
         assert proc.poll() is None, log.read_text()[-3000:]

@@ -9,15 +9,14 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from grpo_cli.observe.logger import RunLogger
 from grpo_cli.observe.report import find_runs, run_labels
-from tests.conftest import compose
+from tests.conftest import compose, make_logger
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _log_a_run(cfg, run_dir, steps=3):
-    logger = RunLogger(cfg, run_dir, total_steps=steps, rows=(100, 10))
+    logger = make_logger(cfg, run_dir, total_steps=steps, rows=(100, 10))
     logger.log(0, {"eval/accuracy": 0.25, "eval/reward": 0.25})
     for step in range(1, steps + 1):
         logger.log(step, {"reward/mean": 0.1 * step, "reward/correct/mean": 0.1 * step, "kl/mean": 0.01 * step,

@@ -4,28 +4,22 @@ The sources advise stopping or raising beta when the KL passes 5-10 nats. After 
 loop hands the step's mean per-token KL to `KLWatch.update`, which, per `algo.kl_action`:
 
 - warn: prints one line each step the KL is above the limit;
-- stop: calls `stop(step)`, which saves a checkpoint and returns where, and raises KLLimitExceeded,
-  whose one line names the KL and the limit;
+- stop: returns a `StopReason` naming the KL and the limit; the loop's one stop path writes the
+  checkpoint and ends the run with the line that says how to resume;
 - adapt: the adaptive KL controller of Ziegler et al. 2019 (TRL's AdaptiveKLController) moves beta
   multiplicatively so that the KL is steered towards the limit:
       e = clip(KL / limit - 1, -0.2, 0.2);  beta <- beta * (1 + e * n / horizon)
   with n the completions of the step.
 
-`beta` is the coefficient the loss uses: the watch sets `loss.beta` for the next step.
+The watch owns `beta`, the KL coefficient of the next step: the loop hands it to the learner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from grpo_cli.errors import UserError
-from grpo_cli.observe.logger import console
+from grpo_cli.observe.console import console
+from grpo_cli.state.stop import StopReason
 
 KL_ACTIONS = ("warn", "stop", "adapt")
-
-
-class KLLimitExceeded(UserError):
-    """`algo.kl_action=stop` and the KL passed `algo.kl_limit`; the message says by how much."""
 
 
 class AdaptiveKLController:
@@ -41,35 +35,35 @@ class AdaptiveKLController:
 
 
 class KLWatch:
-    def __init__(self, limit: float | None, action: str, horizon: float, loss, stop: Callable[[int], object]):
-        self.limit, self.action, self.loss, self.stop = limit, action, loss, stop
-        self.controller = AdaptiveKLController(loss.beta, limit, horizon) if (limit and action == "adapt") else None
+    def __init__(self, limit: float | None, action: str, horizon: float, beta: float):
+        self.limit, self.action, self.beta = limit, action, beta
+        self.controller = AdaptiveKLController(beta, limit, horizon) if (limit and action == "adapt") else None
 
     @classmethod
-    def from_config(cls, algo, loss, stop: Callable[[int], object]) -> KLWatch:
-        return cls(algo.kl_limit, algo.kl_action, algo.kl_horizon, loss, stop)
+    def from_config(cls, algo) -> KLWatch:
+        return cls(algo.kl_limit, algo.kl_action, algo.kl_horizon, algo.beta)
 
-    def update(self, step: int, kl, n: int) -> None:
-        """After step `step`, whose mean per-token KL was `kl`, over `n` completions."""
+    def update(self, step: int, kl, n: int) -> StopReason | None:
+        """After step `step`, whose mean per-token KL was `kl`, over `n` completions: a reason to
+        stop (algo.kl_action=stop), or None."""
         if self.limit is None or kl is None:
-            return
+            return None
         kl = float(kl)  # a 0-dim tensor on the learner's device: one copy per step
         if self.controller is not None:
-            self.loss.beta = self.controller.update(kl, n)
-            return
+            self.beta = self.controller.update(kl, n)
+            return None
         if kl <= self.limit:
-            return
+            return None
         message = f"kl/mean={kl:.4g} passed algo.kl_limit={self.limit:g} at step {step}"
         if self.action == "warn":
             console.print(f"[yellow]warning:[/] {message}")
-            return
-        saved = self.stop(step)
-        raise KLLimitExceeded(f"{message}; stopped (algo.kl_action=stop), checkpoint in {saved}")
+            return None
+        return StopReason(f"{message} (algo.kl_action=stop)")
 
     def state_dict(self) -> dict:
-        return {"beta": self.loss.beta}
+        return {"beta": self.beta}
 
     def load_state_dict(self, state: dict) -> None:
-        self.loss.beta = state["beta"]
+        self.beta = state["beta"]
         if self.controller is not None:
             self.controller.value = state["beta"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from grpo_cli.observe.logger import console
+from grpo_cli.observe.console import console
 
 
 class ReferenceRefresh:

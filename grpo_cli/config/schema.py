@@ -306,6 +306,9 @@ class TrainConfig:
     dist_timeout_s: float = 600.0
     """Timeout of every collective between ranks: when a rank dies, the others fail after at most
     this long instead of hanging (torchrun's agent usually stops them sooner)."""
+    callbacks: list[str] = field(default_factory=list)
+    """Dotted paths of callables `fn(event, step)` called at named points of every step (`rollout`,
+    `learner`, `checkpoint`; grpo_cli/observe/callbacks.py), e.g. a watchdog or a profiler window."""
 
 
 @dataclass

@@ -8,7 +8,6 @@ Hydra creates the run directory, so a bad value leaves nothing on disk.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from grpo_cli.config.schema import (  # noqa: F401  (the schema, importable from
     reward_spec,
 )
 from grpo_cli.errors import ConfigError
+from grpo_cli.parallel.env import check_split, shared_gpu, torchrun_place, world_size
 
 
 def register_configs() -> None:
@@ -131,8 +131,6 @@ def validate(cfg: DictConfig) -> None:
     if s.kind == "server":
         _check(s.sleep_level == 0, "sampler.sleep_level", s.sleep_level, "must be 0 with sampler.kind=server (it has its own devices)")
         if not s.url:  # a server grpo-cli starts: on its own GPUs, or on a share of the learner's that leaves it room
-            from grpo_cli.rollout.server import shared_gpu
-
             gpu = shared_gpu(s.devices, s.tensor_parallel_size, t.device)
             _check(gpu is None or s.gpu_memory_utilization <= 0.5, "sampler.devices", s.devices,
                    f"the vLLM server would take sampler.gpu_memory_utilization={s.gpu_memory_utilization} of GPU {gpu}, "
@@ -165,8 +163,6 @@ def validate(cfg: DictConfig) -> None:
         _check(not t.compile, "train.strategy", t.strategy,
                "fsdp2 with train.compile=true is not supported yet: set one of them off")
     _check(t.dist_timeout_s > 0, "train.dist_timeout_s", t.dist_timeout_s, "must be > 0 seconds")
-    from grpo_cli.parallel.dist import check_split, world_size
-
     check_split(t.prompts_per_step, world_size(t.nproc), t.optim_batch_size)
     _check(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 0 (0 keeps all)")
     _check(cfg.reward.max_failures_in_a_row >= 0, "reward.max_failures_in_a_row", cfg.reward.max_failures_in_a_row, "must be >= 0 (0 never stops)")
@@ -202,7 +198,7 @@ def exit_on_config_error(cfg: DictConfig) -> None:
     except Exception as err:
         if not isinstance(err, ConfigError):  # e.g. an interpolation that cannot resolve: still one line
             err = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-        if int(os.environ.get("RANK", 0)) == 0:
+        if torchrun_place()[0] == 0:
             print(f"grpo-train: config error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -18,13 +18,16 @@ from transformers import get_scheduler
 
 from grpo_cli.algo.correction import NoCorrection
 from grpo_cli.algo.loss import GRPOLoss, LossInputs, LossStats
+from grpo_cli.devices import DTYPES, resolve_device
 from grpo_cli.learner import attention, host_memory
+from grpo_cli.learner.guard import BadStepGuard
+from grpo_cli.learner.logprobs import LogprobModel
 from grpo_cli.learner.lora import apply_lora, merged_weights
-from grpo_cli.learner.models import DTYPES, load_causal_lm, resolve_device
+from grpo_cli.learner.models import load_causal_lm
 from grpo_cli.learner.packing import pack_ids, plan, unpack
 from grpo_cli.parallel.dist import Dist
-from grpo_cli.parallel.sharding import LogprobModel, strategy
-from grpo_cli.state.stop import BadStepGuard
+from grpo_cli.parallel.sharding import strategy
+from grpo_cli.rollout.sampler import truncated as is_truncated
 
 
 @dataclass
@@ -60,7 +63,7 @@ class RolloutBatch:
             attn[i, p - len(pr) : p + len(co)] = 1
             logp[i, : len(lp)] = torch.tensor(lp)
         lens = (torch.tensor([len(x) for x in prompt_ids]), torch.tensor([len(x) for x in completion_ids]))
-        truncated = torch.tensor([r == "length" for r in finish_reasons or ["stop"] * n], dtype=torch.bool)
+        truncated = torch.tensor(is_truncated(finish_reasons or ["stop"] * n), dtype=torch.bool)
         first_seen: dict[tuple[int, ...], int] = {}
         groups = torch.tensor([first_seen.setdefault(tuple(pr), len(first_seen)) for pr in prompt_ids])
         return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens, truncated, groups)
@@ -123,44 +126,54 @@ def attention_cost(model: torch.nn.Module) -> float:
     return 5 * 4 * text.hidden_size * text.num_hidden_layers / (2 * n)
 
 
+def optimiser_steps(completions: int, optim_batch_size: int | None, num_iterations: int) -> int:
+    """Optimiser steps one loop step takes over `completions` rollouts (every rank's): mu passes of
+    ceil(completions / optim_batch_size) optimiser batches each (one per pass when it is None)."""
+    return num_iterations * -(-completions // (optim_batch_size or completions))
+
+
 class Learner:
-    def __init__(self, cfg: DictConfig, total_optim_steps: int, dist: Dist | None = None):
-        """`dist`: this rank's place among data-parallel ranks (grpo_cli/parallel/dist.py); the
+    def __init__(self, model: DictConfig, algo: DictConfig, optim: DictConfig, train: DictConfig, temperature: float,
+                 seed: int, total_optim_steps: int, dist: Dist | None = None):
+        """The config sections it reads (`model`, `algo`, `optim`, `train`), the sampling
+        `temperature` (log-probs of the distribution sampled from), the `seed` of its micro-batch
+        order, the optimiser steps of the whole run (`total_optim_steps`, for the LR schedule).
+        `dist`: this rank's place among data-parallel ranks (grpo_cli/parallel/dist.py); the
         weights normalise by every rank's rows and gradients are summed over ranks."""
-        self.cfg = cfg
+        self.train, self.algo, self.optim = train, algo, optim
         self.dist = dist or Dist()
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(train.device)
         if self.device.type == "cpu":  # activations keep their pages from step to step (glibc)
             host_memory.keep_freed_memory()
-        self.policy = load_causal_lm(cfg.model, cfg.model.dtype, trainable=True, device=self.device)
+        self.policy = load_causal_lm(model, model.dtype, trainable=True, device=self.device)
         # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
-        self.peft = apply_lora(self.policy, cfg.model.lora) if cfg.model.lora.r else None
+        self.peft = apply_lora(self.policy, model.lora) if model.lora.r else None
         # The reference is only needed for the KL term.
-        self.ref = (load_causal_lm(cfg.model, cfg.model.dtype, trainable=False, device=self.device)
-                    if cfg.algo.beta > 0 else None)
+        self.ref = (load_causal_lm(model, model.dtype, trainable=False, device=self.device)
+                    if algo.beta > 0 else None)
         # Each model as one module returning log-probs, laid over the ranks by train.strategy
         # (grpo_cli/parallel/sharding.py: replicated, or fsdp2's fully_shard); compiled with train.compile.
-        self.sharding = strategy(cfg.train.strategy, self.dist, self.device)
-        self.forwards = {m: LogprobModel(m, cfg.train.compile) for m in (self.policy, self.ref) if m is not None}
+        self.sharding = strategy(train.strategy, self.dist, self.device)
+        self.forwards = {m: LogprobModel(m, train.compile) for m in (self.policy, self.ref) if m is not None}
         for forward in self.forwards.values():
             self.sharding.shard(forward)
         # The reference's full weights as state_dict() / load_state_dict() (grpo_cli/algo/reference.py).
         self.ref_weights = self.sharding.weights_of(self.forwards[self.ref]) if self.ref is not None else None
         params = [p for p in self.policy.parameters() if p.requires_grad]  # this rank's shards under fsdp2
-        self.optimizer = instantiate(cfg.optim.optimizer, params=params, lr=cfg.optim.lr)
+        self.optimizer = instantiate(optim.optimizer, params=params, lr=optim.lr)
         self.scheduler = get_scheduler(
-            cfg.optim.scheduler, self.optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+            optim.scheduler, self.optimizer, num_warmup_steps=optim.warmup_steps,
             num_training_steps=max(total_optim_steps, 1),
         )
-        self.loss_fn = GRPOLoss.from_config(cfg.algo)
+        self.loss_fn = GRPOLoss.from_config(algo)
         # Stale rollouts (algo.max_staleness > 0, grpo_cli/rollout/source.py): pi_old is the policy that
         # sampled, i.e. the sampler's log-probs, unless an IS correction weighs pi_old / pi_sampler.
-        self.old_from_sampler = cfg.algo.max_staleness > 0 and isinstance(self.loss_fn.is_correction, NoCorrection)
-        self.aggregation = instantiate(cfg.algo.aggregation)
-        self.temperature = cfg.sampler.temperature
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # micro-batch order (host); saved on resume
-        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)  # NaN/Inf gradients skip the update
-        dtype = cfg.train.autocast_dtype
+        self.old_from_sampler = algo.max_staleness > 0 and isinstance(self.loss_fn.is_correction, NoCorrection)
+        self.aggregation = instantiate(algo.aggregation)
+        self.temperature = temperature
+        self.generator = torch.Generator().manual_seed(seed)  # micro-batch order (host); saved on resume
+        self.bad_steps = BadStepGuard(train.max_bad_steps)  # NaN/Inf gradients skip the update
+        dtype = train.autocast_dtype
         attention.install()  # on the CPU under autocast, attention in fp32 (its bf16 backward is slow there)
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype else contextlib.nullcontext
@@ -180,9 +193,9 @@ class Learner:
         ids, attn = mb.input_ids, mb.attention_mask  # [n, P + T]
         forward = self.forwards.get(model) or LogprobModel(model)  # any other model: as it is
         with self.autocast():
-            if self.cfg.train.pack_sequences:  # grpo_cli/learner/packing.py: rows of whole sequences, no padding
+            if self.train.pack_sequences:  # grpo_cli/learner/packing.py: rows of whole sequences, no padding
                 # Shared prompts need the tree-shaped 4D mask (sdpa, eager attention).
-                share = self.cfg.train.share_prompts and model.config._attn_implementation in MASKED_ATTENTION
+                share = self.train.share_prompts and model.config._attn_implementation in MASKED_ATTENTION
                 groups = mb.prompt_groups if share else None
                 pk = plan(mb.prompt_lens, mb.completion_lens, ids.shape[1], groups, self.attn_cost)
                 slots = (pk.real_tokens, pk.src.numel())
@@ -199,11 +212,11 @@ class Learner:
                 select = lambda h: h[:, -t - 1 : -1]  # noqa: E731  [n, P + T, H] -> [n, T, H]
                 targets = ids[:, -t:]  # [n, T]
             # The backbone, then lm_head + log-softmax + gather in chunks: no [n, T, V] logits.
-            logp, ent = forward(select, targets, self.temperature, self.cfg.train.logprob_chunk_mib, entropy,
+            logp, ent = forward(select, targets, self.temperature, self.train.logprob_chunk_mib, entropy,
                                 **inputs)  # [M] or [n, T] each
         if model is self.policy and torch.is_grad_enabled():
             self.tokens += torch.tensor(slots)
-        if self.cfg.train.pack_sequences:
+        if self.train.pack_sequences:
             logp, ent = unpack(logp, pk, len(mb), t), unpack(ent, pk, len(mb), t)  # [n, T] each
         if not entropy:
             return logp
@@ -211,7 +224,7 @@ class Learner:
 
     def _micro_batches(self, n: int) -> list[torch.Tensor]:
         """Positions 0..n-1 cut into micro-batches of train.micro_batch_size (none when n = 0)."""
-        return list(torch.arange(n).split(self.cfg.train.micro_batch_size)) if n else []
+        return list(torch.arange(n).split(self.train.micro_batch_size)) if n else []
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -224,6 +237,21 @@ class Learner:
             out[idx.to(out.device), : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb)
         return out
 
+    def update(self, rollouts, advantages: torch.Tensor, beta: float, pad_id: int) -> dict[str, torch.Tensor]:
+        """The step's update on this rank's `rollouts` (a Rollouts, [n*G] each) with their
+        `advantages` [n*G] and the KL weight `beta`; the device has finished when it returns.
+
+        A rank with no group left after filtering still joins the step's collectives; with no
+        group on any rank there is no update (and no metrics)."""
+        self.loss_fn.beta = beta
+        metrics = {}
+        if self.dist.any(len(advantages)):
+            batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs, advantages,
+                                       pad_id, rollouts.finish_reasons) if len(advantages) else None
+            metrics = self.train_step(batch)  # 0-dim tensors on the learner's device
+        self.synchronize()  # the update is done before it is timed and its weights are sent
+        return metrics
+
     def train_step(self, batch: RolloutBatch | None) -> dict[str, torch.Tensor]:
         """mu passes over the batch in shuffled micro-batches, one optimiser step per optimiser batch.
 
@@ -233,8 +261,8 @@ class Learner:
         """
         batch = (batch or RolloutBatch.empty()).to(self.device)  # the one host -> device copy of the step
         self.tokens.zero_()
-        n, mu = len(batch), self.cfg.algo.num_iterations
-        per_rank = self.cfg.train.optim_batch_size and self.cfg.train.optim_batch_size // self.dist.world
+        n, mu = len(batch), self.algo.num_iterations
+        per_rank = self.train.optim_batch_size and self.train.optim_batch_size // self.dist.world
         opt_bs = max(min(per_rank or n, n), 1)
         mask = self.loss_fn.loss_mask(batch.completion_mask, batch.truncated)  # [N, T] tokens in the loss
         ref_logp = self._frozen_logprobs(self.ref, batch) if self.ref is not None else None
@@ -282,7 +310,7 @@ class Learner:
         }
 
     def _optimizer_step(self) -> torch.Tensor:
-        max_norm = self.cfg.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
+        max_norm = self.optim.max_grad_norm or float("inf")  # 0 = measure, do not clip
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.sharding.reduce_grads(params)  # ddp: summed over ranks here; fsdp2: in the backward
         norm = self.sharding.clip_grads(params, max_norm)  # 0-dim, on the device: the global norm
@@ -319,6 +347,10 @@ class Learner:
         """What a checkpoint saves: the PeftModel (the adapter) with LoRA, else the policy."""
         return self.peft if self.peft is not None else self.policy
 
+    def rank_state_dict(self) -> dict:
+        """The part of `state_dict` that is each rank's own (the micro-batch order); the rest is rank 0's."""
+        return {"generator": self.generator.get_state()}
+
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: optimiser, schedule, micro-batch order, fault counts."""
         state = {"optimizer": self.sharding.optimizer_state(self.forwards[self.policy], self.optimizer),
@@ -328,7 +360,11 @@ class Learner:
             state["trainable"] = {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, exported_weights=None) -> None:
+        """`state` from `state_dict`; `exported_weights()` reads the checkpoint's exported full
+        weights, which are the policy when every weight trains (with LoRA the adapters are in `state`)."""
+        if "trainable" not in state and exported_weights is not None:
+            exported_weights(self.policy, load=self.load_weights)
         self.sharding.load_optimizer_state(self.forwards[self.policy], self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])

@@ -11,6 +11,7 @@ holds more than one chunk of logits. Only the per-token log-sum-exp is kept betw
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -115,8 +116,23 @@ def token_logprobs(
     return logp.view(shape), entropy.view(shape)
 
 
-def naive_token_logprobs(hidden, lm_head, targets, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same numbers the textbook way (full fp32 logits); the reference for tests and benchmarks."""
-    logits = lm_head(hidden).float() / temperature  # [..., V]
-    log_p = logits.log_softmax(-1)  # [..., V]
-    return log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+class LogprobModel(torch.nn.Module):
+    """A causal LM whose forward returns per-token log-probs (and entropies) of `targets`.
+
+    `select` picks, from the backbone's last hidden states, the positions that predict `targets`;
+    lm_head + log-softmax + gather then run in chunks (grpo_cli/learner/logprobs.py): no [n, T, V] logits.
+    """
+
+    def __init__(self, lm: torch.nn.Module, compile: bool = False):
+        super().__init__()
+        self.lm = lm
+        backbone = getattr(lm, lm.base_model_prefix)
+        # Not a submodule: a compiled backbone wraps the same parameters `lm` registers already.
+        self.__dict__["backbone"] = torch.compile(backbone, dynamic=True) if compile else backbone
+
+    def forward(self, select: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor, temperature: float,
+                chunk_mib: int, with_entropy: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.backbone(**inputs, use_cache=False).last_hidden_state  # [R, L, H]
+        logp, entropy = token_logprobs(select(hidden), self.lm.get_output_embeddings(), targets, temperature,
+                                       chunk_mib, with_entropy=with_entropy)
+        return logp.clone(), entropy.clone()  # not views: FSDP2 hooks the root's outputs for the backward

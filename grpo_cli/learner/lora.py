@@ -9,9 +9,7 @@ round-off accumulating over a run).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -44,11 +42,3 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             if param == "weight":
                 tensor = tensor + deltas[module].to(tensor.dtype)
         yield key, tensor.detach()
-
-
-def save_merged(peft_model: PeftModel, directory: Path) -> Path:
-    """A plain transformers checkpoint of base + adapter (a copy is merged; training goes on)."""
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    merged.config.use_cache = True
-    merged.save_pretrained(directory, safe_serialization=True)
-    return directory

@@ -8,10 +8,9 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo_cli.devices import DTYPES
 from grpo_cli.errors import UserError
 from grpo_cli.hub import use_cache_if_offline
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(UserError):
@@ -71,19 +70,6 @@ def load_tokenizer(cfg: DictConfig):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is always masked; any id will do
     return tok
-
-
-def resolve_device(name: str) -> torch.device:
-    """`train.device`: `auto` is CUDA when available, else the CPU; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device={name!r} is invalid: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name!r}: CUDA is not available on this machine (use auto or cpu)")
-    return device
 
 
 def load_causal_lm(cfg: DictConfig, dtype: str, trainable: bool, device: torch.device | str = "cpu") -> torch.nn.Module:

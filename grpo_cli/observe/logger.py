@@ -11,20 +11,19 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import wandb
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from grpo_cli.observe.console import LOG_FILE, is_verbose
+from grpo_cli.observe.console import LOG_FILE, console, is_verbose
 from grpo_cli.observe.report import draw
 from grpo_cli.observe.sweep import job_sweep
 
-console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 
@@ -58,19 +57,34 @@ def _md_cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+@dataclass
+class RunHeader:
+    """What the console's header says about a run."""
+
+    model: str  # model.path
+    data: str  # data.path
+    train_rows: int
+    eval_rows: int | None  # None: no evaluation
+    total_steps: int
+    prompts_per_step: int  # B
+    group_size: int  # G
+    run_name: str | None = None  # the W&B run name
+
+
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None] = (0, None),
+    def __init__(self, cfg: DictConfig, run_dir: Path, header: RunHeader, record: dict, accuracy_reward: str,
                  wandb_id: str | None = None):
-        """`rows`: training rows and evaluation rows (None: no evaluation), for the header.
-        `wandb_id`: continue this W&B run (a resumed run) instead of starting a new one."""
-        self.cfg, self.run_dir = cfg.logger, run_dir
-        self.accuracy_key = f"reward/{cfg.reward.accuracy or next(iter(cfg.reward.funcs))}/mean"
+        """`cfg`: the `logger` section. `record`: the run's resolved config, as W&B keeps it.
+        `accuracy_reward`: the reward the progress bar shows as accuracy. `wandb_id`: continue
+        this W&B run (a resumed run) instead of starting a new one."""
+        self.cfg, self.run_dir = cfg, run_dir
+        self.accuracy_key = f"reward/{accuracy_reward}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
         self.start, self.step = time.perf_counter(), 0
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
-            config, group, tags = OmegaConf.to_container(cfg, resolve=True), self.cfg.group, list(self.cfg.tags)
+            config, group, tags = dict(record), self.cfg.group, list(self.cfg.tags)
             sweep = job_sweep()
             if sweep is not None:  # a job of `grpo-train -m`: one run in the sweep's group
                 name, swept = sweep
@@ -80,7 +94,7 @@ class RunLogger:
             try:
                 self.wandb = wandb.init(
                     project=self.cfg.project, entity=self.cfg.entity, group=group, tags=tags,
-                    name=cfg.run_name, mode=mode, dir=str(run_dir), config=config,
+                    name=header.run_name, mode=mode, dir=str(run_dir), config=config,
                     id=wandb_id, resume="allow" if wandb_id else None,
                     settings=wandb.Settings(silent=not is_verbose(self.cfg)),
                 )
@@ -92,14 +106,14 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        self._header(cfg, run_dir, total_steps, rows, mode)
+        self._header(header, run_dir, mode)
         self.progress = None
         if self.cfg.progress:
             self.progress = Progress(
                 TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(), console=console,
             )
-            self.task = self.progress.add_task("train", total=total_steps, info="")
+            self.task = self.progress.add_task("train", total=header.total_steps, info="")
             self.progress.start()
 
     def log(self, step: int, metrics: dict[str, float | torch.Tensor]) -> None:
@@ -119,11 +133,10 @@ class RunLogger:
             extra = "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/accuracy")
             console.print(f"eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}  {extra}", highlight=False)
 
-    def _header(self, cfg: DictConfig, run_dir: Path, total_steps: int, rows: tuple[int, int | None], mode: str) -> None:
+    def _header(self, h: RunHeader, run_dir: Path, mode: str) -> None:
         """A few lines saying what runs, where its files go and where its W&B run is."""
-        train_rows, eval_rows = rows
-        B, G = cfg.train.prompts_per_step, cfg.algo.group_size
-        evals = f", {eval_rows} eval rows" if eval_rows is not None else ", no evaluation"
+        B, G = h.prompts_per_step, h.group_size
+        evals = f", {h.eval_rows} eval rows" if h.eval_rows is not None else ", no evaluation"
         if self.wandb is None:
             wb = "disabled" if mode == "disabled" else "not started (see the warning above)"
         elif mode == "offline":
@@ -131,12 +144,25 @@ class RunLogger:
         else:
             wb = f"{mode} {getattr(self.wandb, 'url', None) or '(no run URL yet)'}"
         logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
-        for line in (f"[bold]grpo-train[/]: model {cfg.model.path}",
-                     f"  data    {cfg.data.path} ({train_rows} train rows{evals})",
-                     f"  steps   {total_steps} of B x G = {B} x {G} = {B * G} completions",
+        for line in (f"[bold]grpo-train[/]: model {h.model}",
+                     f"  data    {h.data} ({h.train_rows} train rows{evals})",
+                     f"  steps   {h.total_steps} of B x G = {B} x {G} = {B * G} completions",
                      f"  run dir {run_dir}{logs}",
                      f"  W&B     {wb}"):
             console.print(line, soft_wrap=True, highlight=False)
+
+    def maybe_log_completions(self, step: int, groups, advantages: torch.Tensor) -> None:
+        """Every `logger.completions_every` steps, the first `completions_rows` completions trained on
+        (`groups`: ScoredGroups) with their rewards and advantages."""
+        every = self.cfg.completions_every
+        if not every or step % every:
+            return
+        scores, texts = groups.scores, groups.rollouts.texts
+        self.log_completions(step, [
+            {"prompt": groups.prompts[i], "completion": texts[i], "reward": scores.total[i].item(),
+             "advantage": advantages[i].item(), **{f"reward/{k}": v[i].item() for k, v in scores.per_reward.items()}}
+            for i in range(min(self.cfg.completions_rows, len(groups.prompts)))
+        ])
 
     def log_completions(self, step: int, rows: list[dict]) -> None:
         """A sample of completions: a wandb.Table, and completions.jsonl in the run dir."""
@@ -213,4 +239,4 @@ class NullLogger:
     def log(self, *args, **kwargs) -> None:
         pass
 
-    log_completions = print_table = close = log
+    log_completions = maybe_log_completions = print_table = close = log

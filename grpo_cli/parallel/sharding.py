@@ -12,42 +12,19 @@ before the optimiser step, `full_weights` for the sampler and checkpoints, `opti
 `load_optimizer_state` for the run state, `load_weights` on resume, and `align` so that every rank
 runs as many forwards as the others (each FSDP forward and backward is a collective).
 
-The policy's log-probs run through `LogprobModel`, one module whose forward is the backbone then the
+The policy's log-probs run through `LogprobModel` (grpo_cli/learner/logprobs.py), one module whose forward is the backbone then the
 chunked lm_head log-softmax: FSDP2 unshards the root's parameters in the root's forward, so the
 lm_head (tied to the embeddings in Qwen2.5 and the tiny models) must be used inside that forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.distributed.checkpoint import state_dict as dcp
 
-from grpo_cli.learner.logprobs import token_logprobs
 from grpo_cli.parallel.dist import Dist
-
-
-class LogprobModel(torch.nn.Module):
-    """A causal LM whose forward returns per-token log-probs (and entropies) of `targets`.
-
-    `select` picks, from the backbone's last hidden states, the positions that predict `targets`;
-    lm_head + log-softmax + gather then run in chunks (grpo_cli/learner/logprobs.py): no [n, T, V] logits.
-    """
-
-    def __init__(self, lm: torch.nn.Module, compile: bool = False):
-        super().__init__()
-        self.lm = lm
-        backbone = getattr(lm, lm.base_model_prefix)
-        # Not a submodule: a compiled backbone wraps the same parameters `lm` registers already.
-        self.__dict__["backbone"] = torch.compile(backbone, dynamic=True) if compile else backbone
-
-    def forward(self, select: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor, temperature: float,
-                chunk_mib: int, with_entropy: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.backbone(**inputs, use_cache=False).last_hidden_state  # [R, L, H]
-        logp, entropy = token_logprobs(select(hidden), self.lm.get_output_embeddings(), targets, temperature,
-                                       chunk_mib, with_entropy=with_entropy)
-        return logp.clone(), entropy.clone()  # not views: FSDP2 hooks the root's outputs for the backward
 
 
 class Replicated:
@@ -58,7 +35,7 @@ class Replicated:
     def __init__(self, dist: Dist):
         self.dist = dist
 
-    def shard(self, model: LogprobModel) -> None:
+    def shard(self, model: torch.nn.Module) -> None:
         pass
 
     def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
@@ -68,25 +45,25 @@ class Replicated:
         """Clip to `max_norm` by the global gradient norm; returns that norm (0-dim)."""
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def full_weights(self, model: LogprobModel) -> Iterator[tuple[str, torch.Tensor]]:
+    def full_weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         """The LM's parameters by their transformers names."""
         for name, tensor in model.lm.state_dict().items():
             yield name, tensor.detach()
 
-    def optimizer_state(self, model: LogprobModel, optimizer: torch.optim.Optimizer) -> dict:
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         return optimizer.state_dict()
 
-    def load_optimizer_state(self, model: LogprobModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
 
-    def load_weights(self, model: LogprobModel, weights: dict[str, torch.Tensor]):
+    def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
         """Full tensors by transformers name into the LM; returns (missing, unexpected) keys."""
         return model.lm.load_state_dict(weights, strict=False)
 
     def align(self, items: list) -> list:
         return items
 
-    def weights_of(self, model: LogprobModel):
+    def weights_of(self, model: torch.nn.Module):
         """The model's full weights as state_dict() / load_state_dict() (the reference refresh)."""
         return model.lm
 
@@ -102,7 +79,7 @@ class FullyShard(Replicated):
 
         self.mesh = init_device_mesh(device.type, (dist.world,))
 
-    def shard(self, model: LogprobModel) -> None:
+    def shard(self, model: torch.nn.Module) -> None:
         from torch.distributed.fsdp import fully_shard
 
         layers = set(getattr(model.lm, "_no_split_modules", None) or ())  # e.g. {"Qwen2DecoderLayer"}
@@ -133,7 +110,7 @@ class FullyShard(Replicated):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
-    def full_weights(self, model: LogprobModel) -> Iterator[tuple[str, torch.Tensor]]:
+    def full_weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         """Every parameter's full tensor, gathered on every rank in the same (state_dict) order, one
         at a time: the generator drops each before it gathers the next, so a rank never holds more
         than one full tensor (plus what the consumer keeps). Tied names (lm_head = embeddings) get
@@ -158,15 +135,15 @@ class FullyShard(Replicated):
                 yield same.removeprefix("lm."), full
             del full  # before the next gather
 
-    def optimizer_state(self, model: LogprobModel, optimizer: torch.optim.Optimizer) -> dict:
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         """The full (unsharded) optimiser state by parameter name, on rank 0 ({} elsewhere)."""
         return dcp.get_optimizer_state_dict(model, optimizer,
                                             options=dcp.StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def load_optimizer_state(self, model: LogprobModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
         dcp.set_optimizer_state_dict(model, optimizer, state, options=dcp.StateDictOptions(full_state_dict=True))
 
-    def load_weights(self, model: LogprobModel, weights: dict[str, torch.Tensor]):
+    def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
         keys = dcp.set_model_state_dict(model, {f"lm.{k}": v for k, v in weights.items()},
                                         options=dcp.StateDictOptions(full_state_dict=True, strict=False))
         return ([k.removeprefix("lm.") for k in keys.missing_keys], [k.removeprefix("lm.") for k in keys.unexpected_keys])
@@ -177,14 +154,14 @@ class FullyShard(Replicated):
         most = int(self.dist.max(torch.tensor(len(items))))
         return items + [None] * (most - len(items))
 
-    def weights_of(self, model: LogprobModel) -> _FullWeights:
+    def weights_of(self, model: torch.nn.Module) -> _FullWeights:
         return _FullWeights(self, model)
 
 
 class _FullWeights:
     """A sharded model's weights seen whole: state_dict() gathers, load_state_dict() shards."""
 
-    def __init__(self, sharding: FullyShard, model: LogprobModel):
+    def __init__(self, sharding: FullyShard, model: torch.nn.Module):
         self.sharding, self.model = sharding, model
 
     def state_dict(self) -> dict[str, torch.Tensor]:

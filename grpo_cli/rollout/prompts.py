@@ -98,6 +98,20 @@ def load_splits(cfg: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset | N
     return train, load_table(cfg.path, cfg.name, cfg.eval_split)
 
 
+def prepare_splits(cfg: DictConfig, fmt: PromptFormatter, max_model_len: int, eval_max_rows: int | None
+                   ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The training rows and the evaluation rows (None: no evaluation) a run uses: loaded, their
+    columns checked, prompts too long for the engine skipped, evaluation cut to `eval_max_rows`."""
+    train_rows, eval_rows = load_splits(cfg)
+    fmt.check_columns(train_rows, "training")
+    train_rows = fmt.fit(train_rows, "training", max_model_len)
+    if eval_rows is not None:
+        fmt.check_columns(eval_rows, "evaluation")
+        eval_rows = fmt.fit(eval_rows, "evaluation", max_model_len)
+        eval_rows = eval_rows.select(range(min(len(eval_rows), eval_max_rows or len(eval_rows))))
+    return train_rows, eval_rows
+
+
 class PromptFormatter:
     """Row -> prompt text: the template, then the tokenizer's chat template when it has one."""
 

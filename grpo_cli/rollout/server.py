@@ -1,6 +1,6 @@
 """The sampler as a separate `vllm serve` process (`sampler=vllm-server`), on its own devices.
 
-Same interface as the colocated `VLLMSampler` (generate -> Rollouts, load_weights, sleep), so the
+The `Sampler` interface of grpo_cli/rollout/sampler.py, as the colocated `ColocatedSampler` (generate -> Rollouts, load_weights, sleep), so the
 loop does not know which one it has. The server is either one grpo-cli starts (loopback, a free
 port, `CUDA_VISIBLE_DEVICES=sampler.devices`, its log in `<run dir>/vllm_server.log`, stopped when
 the run ends or fails) or one the user runs at `sampler.url` (started with `VLLM_SERVER_DEV_MODE=1`,
@@ -44,6 +44,7 @@ import requests
 import torch
 from omegaconf import DictConfig
 
+from grpo_cli.devices import resolve_device
 from grpo_cli.rollout.sampler import Rollouts, SamplerError
 
 SERVER_LOG = "vllm_server.log"
@@ -144,28 +145,6 @@ def nccl_master_address(cfg: DictConfig, url: str) -> str:
     return get_ip()
 
 
-def shared_gpu(devices: str | None, tensor_parallel_size: int, learner_device: str) -> str | None:
-    """The GPU a server grpo-cli starts would share with the learner, or None.
-
-    The server's GPUs are `devices` (its CUDA_VISIBLE_DEVICES) or, when null, the first
-    `tensor_parallel_size` of the learner's visible GPUs; the learner's `cuda:N` is the N-th visible one."""
-    if learner_device == "auto":
-        learner_device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(learner_device)
-    except RuntimeError:  # resolve_device says what is wrong with it
-        return None
-    if device.type != "cuda":
-        return None
-    index = device.index or 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = ([x.strip() for x in visible.split(",")] if visible is not None
-           else [str(i) for i in range(max(index + 1, tensor_parallel_size))])
-    learner = ids[index] if index < len(ids) else str(index)
-    server = [x.strip() for x in str(devices).split(",")] if devices is not None else ids[:tensor_parallel_size]
-    return learner if learner in server else None
-
-
 class ShmWeightSync:
     """CPU path: safetensors in /dev/shm (RAM), reloaded in place by the server's workers."""
 
@@ -248,8 +227,6 @@ class ServerSampler:
     """
 
     def __init__(self, cfg: DictConfig, model_cfg: DictConfig, run_dir: Path, learner_device: str):
-        from grpo_cli.learner.models import resolve_device
-
         if cfg.sleep_level:
             raise SamplerError("sampler.sleep_level must be 0 with a vLLM server: the server has its own devices")
         self.cfg, self.version, self.lock = cfg, 0, threading.Lock()

@@ -22,10 +22,57 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-# produce(): one step's (drawn, groups, stats), stats holding "sample", "reward" seconds and the
-# weight "version" its rollouts were sampled with (the oldest, if the filter drew more than once).
-Produce = Callable[[], tuple]
+from grpo_cli.rollout.filters import ScoredGroups
+from grpo_cli.rollout.prompts import as_batch
+
+
+@dataclass
+class StepRollouts:
+    """One step's rollouts, scored and filtered: what the source hands the loop."""
+
+    drawn: ScoredGroups  # every group drawn for the step (logged)
+    trained: ScoredGroups  # the groups the batch filter keeps for the learner
+    sample_s: float = 0.0  # seconds in the sampler
+    reward_s: float = 0.0  # seconds in the reward functions
+    info: dict[str, float] = field(default_factory=dict)  # rollout/version, staleness, discarded, wait
+
+    @property
+    def version(self) -> int:
+        """The learner step whose weights sampled them (the oldest, when the filter drew again)."""
+        return self.drawn.rollouts.version
+
+
+# produce(): one step's rollouts, drawn from the sampler's current weights.
+Produce = Callable[[], StepRollouts]
+
+
+class Draw:
+    """Produces one step's rollouts: this rank's B / N prompts from the stream, G completions each
+    from the sampler's current weights, scored; the batch filter picks the groups to train on,
+    drawing more if it must."""
+
+    def __init__(self, stream, fmt, sampler, rewards, batch_filter, group_size: int, dist):
+        self.stream, self.fmt, self.sampler, self.rewards = stream, fmt, sampler, rewards
+        self.batch_filter, self.group_size, self.dist = batch_filter, group_size, dist
+        self.sample_s = self.reward_s = 0.0
+
+    def __call__(self) -> StepRollouts:
+        self.sample_s = self.reward_s = 0.0
+        drawn, trained = self.batch_filter(self.groups)
+        return StepRollouts(drawn, trained, self.sample_s, self.reward_s)
+
+    def groups(self) -> ScoredGroups:
+        """B more prompts (this rank's share), G completions each, scored as TRL scores them."""
+        t0 = time.perf_counter()
+        batch = as_batch(self.dist.share(self.stream.next()), self.fmt)
+        rollouts = self.sampler.generate(self.fmt.encode(batch.prompts), n=self.group_size)
+        t1 = time.perf_counter()
+        group = batch.repeat(self.group_size)  # each prompt's row once per completion: [B*G]
+        scores = self.rewards(group, rollouts)
+        self.sample_s, self.reward_s = self.sample_s + t1 - t0, self.reward_s + time.perf_counter() - t1
+        return ScoredGroups(group.prompts, group.columns, rollouts, scores, self.group_size)
 
 
 class _Batch:
@@ -44,31 +91,31 @@ class RolloutSource:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts") if max_staleness else None
 
     @classmethod
-    def from_config(cls, algo_cfg, produce: Produce, stream) -> RolloutSource:
-        return cls(produce, stream, algo_cfg.max_staleness)
+    def from_config(cls, algo_cfg, draw: Draw) -> RolloutSource:
+        return cls(draw, draw.stream, algo_cfg.max_staleness)
 
-    def next(self, step: int) -> tuple:
-        """(drawn, groups, stats) for `step`; stats["info"] logs the weight version and staleness."""
+    def next(self, step: int) -> StepRollouts:
+        """The rollouts for `step`; their `info` logs the weight version and staleness."""
         t0, discarded = time.perf_counter(), 0
         while True:
             if not self.pending:
                 self._start()
             batch = self.pending.popleft()
             try:
-                drawn, groups, stats = batch.future.result()
+                rollouts = batch.future.result()
             except BaseException:
                 self.pending.appendleft(batch)
                 self.halt()  # the data position goes back to before this batch
                 raise
-            staleness = step - 1 - stats["version"]
+            staleness = step - 1 - rollouts.version
             if staleness <= self.max_staleness:
                 break
             discarded += 1  # sampled with weights more than max_staleness steps old: draw again
         while self.pool is not None and len(self.pending) < self.max_staleness:
             self._start()  # the next steps' rollouts, drawn while the learner trains on these
-        info = {"rollout/version": stats["version"], "rollout/staleness": staleness,
-                "rollout/discarded": discarded, "time/rollout_wait_s": time.perf_counter() - t0}
-        return drawn, groups, stats | {"info": info}
+        rollouts.info = {"rollout/version": rollouts.version, "rollout/staleness": staleness,
+                         "rollout/discarded": discarded, "time/rollout_wait_s": time.perf_counter() - t0}
+        return rollouts
 
     def _start(self) -> None:
         batch = _Batch()
@@ -82,7 +129,7 @@ class RolloutSource:
                 batch.future.set_exception(err)
         self.pending.append(batch)
 
-    def _draw(self, batch: _Batch) -> tuple:
+    def _draw(self, batch: _Batch) -> StepRollouts:
         batch.before = self.stream.state_dict()
         batch.started.set()
         return self.produce()

@@ -24,21 +24,20 @@ import os
 import random
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_cli.config.validate import ConfigError
-from grpo_cli.errors import UserError
+from grpo_cli.errors import ConfigError, UserError
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
 LOGS = ("metrics.jsonl", "completions.jsonl")  # appended every step; cut back to the checkpoint on resume
 # Keys a resumed run may change; everything else must match the checkpoint's config.
-RESUMABLE = ("resume", "train.max_steps", "train.epochs", "train.max_bad_steps", "train.device", "logger", "eval",
+RESUMABLE = ("resume", "train.max_steps", "train.epochs", "train.max_bad_steps", "train.device", "train.callbacks",
+             "logger", "eval",
              "checkpoint", "reward.max_failures_in_a_row", "run_name",
              # Where a vLLM server runs and how long to wait for it: a run whose server died resumes on a new one.
              "sampler.url", "sampler.devices", "sampler.startup_timeout_s", "sampler.request_timeout_s",
@@ -55,7 +54,8 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _manifest(directory: Path) -> dict | None:
+def read_manifest(directory: Path) -> dict | None:
+    """The checkpoint's manifest (step, files, versions, world size), or None while incomplete."""
     try:
         return json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -68,7 +68,7 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     root = checkpoints_dir(run_dir)
     if root.is_dir():
         for d in root.iterdir():
-            m = _manifest(d) if d.is_dir() and not d.name.startswith(".") else None
+            m = read_manifest(d) if d.is_dir() and not d.name.startswith(".") else None
             if m is not None:
                 found.append((m["step"], d.name == "final", d))
     return [(step, d) for step, _, d in sorted(found)]
@@ -79,7 +79,7 @@ def remove_incomplete(run_dir: Path) -> list[Path]:
     root, removed = checkpoints_dir(run_dir), []
     if root.is_dir():
         for d in root.iterdir():
-            if d.is_dir() and _manifest(d) is None:
+            if d.is_dir() and read_manifest(d) is None:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d)
     return removed
@@ -94,6 +94,12 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
     remove_incomplete(run_dir)
     found = complete_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def saved_world(resume: str | None, run_dir: Path) -> int | None:
+    """The number of ranks that wrote the checkpoint `resume` continues from (None: not resuming)."""
+    checkpoint = find_resume(resume, Path(run_dir))
+    return None if checkpoint is None else (read_manifest(checkpoint) or {}).get("world_size", 1)
 
 
 def check_resume_dir(resume: str) -> None:
@@ -159,7 +165,8 @@ class RunState:
     wandb_id: str | None = None
     log_sizes: dict[str, int] = field(default_factory=dict)  # bytes of each log file at the checkpoint
     first_eval: dict[str, float] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # counters of the fault guards
+    extra: dict = field(default_factory=dict)  # the loop's components (KL watch, reference refresh)
+    rank_learner: dict = field(default_factory=dict)  # this rank's own part of `learner` (micro-batch order)
 
 
 def rng_state(device=None) -> dict:
@@ -247,7 +254,8 @@ def capture(step: int, learner, stream, logger, first_eval: dict, run_dir: Path,
     `components`: other stateful parts of the loop by name (the KL watch's beta, the refreshed
     reference's weights), each with `state_dict()` / `load_state_dict()`.
     """
-    return RunState(step=step, learner=learner.state_dict(), data=stream.state_dict(), rng=rng_state(learner.device),
+    return RunState(step=step, learner=learner.state_dict(), rank_learner=learner.rank_state_dict(),
+                    data=stream.state_dict(), rng=rng_state(learner.device),
                     wandb_id=logger.wandb_id, log_sizes=log_sizes(run_dir), first_eval=dict(first_eval),
                     extra={k: c.state_dict() for k, c in (components or {}).items()})
 
@@ -258,9 +266,7 @@ def restore(state: RunState, checkpoint: Path, learner, stream, components: dict
 
     The RNGs last, and only once the vLLM engine exists: building it reseeds the global RNGs.
     """
-    if "trainable" not in state.learner:  # full fine-tuning: the exported weights are the policy
-        load_policy(learner.policy, checkpoint, learner.load_weights)
-    learner.load_state_dict(state.learner)  # with LoRA, the adapter weights come from here
+    learner.load_state_dict(state.learner, functools.partial(load_policy, checkpoint=checkpoint))
     stream.load_state_dict(state.data)
     for name, component in (components or {}).items():
         if name in state.extra:
@@ -275,7 +281,7 @@ def load(checkpoint: Path, dist=None) -> RunState:
     import torch
 
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    saved_world = (_manifest(checkpoint) or {}).get("world_size", 1)
+    saved_world = (read_manifest(checkpoint) or {}).get("world_size", 1)
     if saved_world != world:
         raise CheckpointError(f"{checkpoint} was written by {saved_world} process(es), this run has {world}: "
                               f"resume with train.nproc={saved_world} (or torchrun --nproc-per-node {saved_world})")
@@ -286,7 +292,7 @@ def load(checkpoint: Path, dist=None) -> RunState:
         raise CheckpointError(f"{checkpoint}: cannot read {names[-1]} ({type(err).__name__}: {err})") from err
     if own:
         raw |= {"rng": own[0]["rng"], "data": own[0]["data"]}
-        raw["learner"] = {**raw["learner"], "generator": own[0]["generator"]}
+        raw["learner"] = {**raw["learner"], **own[0]["learner"]}
     return RunState(**raw)
 
 
@@ -315,6 +321,15 @@ def load_policy(policy, checkpoint: Path, load=None) -> None:
 
 # --- writing ------------------------------------------------------------------------------------
 
+class _WorldOfOne:
+    """The rank/world of a run without torchrun, as the writers below use it."""
+
+    rank, world, main = 0, 1, True
+
+    def barrier(self) -> None:
+        pass
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -323,44 +338,34 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def pause_for_test(point: str, step: int) -> None:
-    """Test hook: GRPO_CLI_TEST_PAUSE=POINT@STEP prints a marker and sleeps there, so a test can kill
-    the process at a known point. Unset, it does nothing."""
-    want = os.environ.get("GRPO_CLI_TEST_PAUSE")
-    if want and want == f"{point}@{step}":
-        print(f"[grpo-cli test] paused at {point}@{step}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("GRPO_CLI_TEST_PAUSE_S", "60")))
-
-
 def save(directory: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int = 0,
-         merged: bool = False, dist=None, weights: dict | None = None) -> Path:
+         merged: bool = False, dist=None, weights: dict | None = None, on_exported=None) -> Path:
     """Write a complete checkpoint atomically at `directory`; then keep the newest `keep_last` step_N.
 
     Under torchrun (`dist`, a grpo_cli.parallel.dist.Dist) every rank calls this: rank 0 writes the
     model, its state and the manifest; every other rank R only its own RNGs and data position
     (rank_R.pt), into the same temporary directory before the manifest is written. `weights`: the
     policy's full weights to export when its parameters are sharded (Learner.checkpoint_weights).
+    `on_exported(step)`: called once the model is exported, before the state is written (the
+    `checkpoint` callback event).
     """
-    from grpo_cli.parallel.dist import Dist
-
-    me = dist or Dist()
+    ranks = dist or _WorldOfOne()
     directory = Path(directory)
     tmp = directory.parent / f".{directory.name}.tmp"
-    if me.main:
-        _save_main(directory, tmp, state, policy, tokenizer, cfg, keep_last, merged, me, weights)
+    if ranks.main:
+        _save_main(directory, tmp, state, policy, tokenizer, cfg, keep_last, merged, ranks, weights, on_exported)
     else:
         import torch
 
-        me.barrier()  # rank 0 has made the directory
-        torch.save({"rng": state.rng, "data": state.data, "generator": state.learner["generator"]},
-                   tmp / _rank_file(me.rank))
-        me.barrier()  # rank 0 writes the manifest and renames
-        me.barrier()
+        ranks.barrier()  # rank 0 has made the directory
+        torch.save({"rng": state.rng, "data": state.data, "learner": state.rank_learner}, tmp / _rank_file(ranks.rank))
+        ranks.barrier()  # rank 0 writes the manifest and renames
+        ranks.barrier()
     return directory
 
 
 def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, cfg: DictConfig, keep_last: int,
-               merged: bool, me, weights: dict | None) -> None:
+               merged: bool, ranks, weights: dict | None, on_exported) -> None:
     import torch
 
     from grpo_cli.state.export import save_checkpoint
@@ -370,16 +375,17 @@ def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, c
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(policy, tokenizer, tmp, merged, weights)  # HF export: weights (or adapter) + tokenizer
-        pause_for_test("checkpoint", state.step)
+        if on_exported is not None:
+            on_exported(state.step)
         torch.save(vars(state), tmp / STATE)
         OmegaConf.save(cfg, tmp / CONFIG, resolve=True)
-        me.barrier()  # the directory exists: the other ranks write their rank_R.pt
-        me.barrier()  # ... and have written them
+        ranks.barrier()  # the directory exists: the other ranks write their rank_R.pt
+        ranks.barrier()  # ... and have written them
         files = sorted(p for p in tmp.iterdir() if p.is_file())
         for p in files:
             _fsync(p)
         manifest = {"step": state.step, "files": {p.name: p.stat().st_size for p in files}, "versions": versions(),
-                    "world_size": me.world}
+                    "world_size": ranks.world}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -401,4 +407,4 @@ def _save_main(directory: Path, tmp: Path, state: RunState, policy, tokenizer, c
         steps = [(s, d) for s, d in complete_checkpoints(root.parent) if d.name.startswith("step_")]
         for _, d in steps[:-keep_last]:
             shutil.rmtree(d, ignore_errors=True)
-    me.barrier()  # the checkpoint is complete before any rank goes on
+    ranks.barrier()  # the checkpoint is complete before any rank goes on

@@ -6,11 +6,10 @@ plus, with `merged=True` (checkpoint.merged), the merged model in `dir/merged`.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from peft import PeftModel
-
-from grpo_cli.learner.lora import save_merged
 
 
 def save_checkpoint(policy, tokenizer, directory: Path, merged: bool = False, weights: dict | None = None) -> Path:
@@ -23,4 +22,12 @@ def save_checkpoint(policy, tokenizer, directory: Path, merged: bool = False, we
     if merged and isinstance(policy, PeftModel):
         save_merged(policy, directory / "merged")
         tokenizer.save_pretrained(directory / "merged")
+    return directory
+
+
+def save_merged(peft_model: PeftModel, directory: Path) -> Path:
+    """A plain transformers checkpoint of base + adapter (a copy is merged; training goes on)."""
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(directory, safe_serialization=True)
     return directory

@@ -1,15 +1,16 @@
-"""What stops a run early, cleanly: Ctrl-C / SIGTERM, too many NaN/Inf steps in a row, a reward
-that keeps failing. The loop finishes its step, writes a checkpoint and exits non-zero with a
-line that says how to resume."""
+"""Why a run stops early: every reason becomes one `StopReason`.
+
+Ctrl-C / SIGTERM, too many NaN/Inf steps in a row, a reward that keeps failing, a vLLM server
+that died, the KL watch's limit: each is a `StopReason` (a message and an exit code). The loop
+hands it to the one stop path (`Checkpointer.stop`), which writes the checkpoint of the last
+completed step, closes the logs and raises `RunStopped` with the line that says how to resume."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
-
-import torch
+from dataclasses import dataclass
 
 from grpo_cli.errors import UserError
 
@@ -22,42 +23,12 @@ class RunStopped(UserError):
         self.exit_code = exit_code
 
 
-class BadStepGuard:
-    """Skips optimiser steps whose gradient norm is NaN/Inf and counts them.
+@dataclass(frozen=True)
+class StopReason:
+    """Why the run stops after this step: one line, and the exit code of the process."""
 
-    With a fused optimiser the skip happens on the device (the kernel's `found_inf` input, as
-    GradScaler uses it), so no host sync; other optimisers read the norm on the host once per
-    optimiser step. The counts stay 0-dim tensors until the loop reads them once per step.
-    After `max_bad` skipped steps in a row (0 = never) `exhausted` is true and the run stops.
-    """
-
-    def __init__(self, max_bad: int):
-        self.max_bad, self.in_a_row, self.total = max_bad, torch.zeros(()), torch.zeros(())
-
-    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
-        """`optimizer.step()`, unless `grad_norm` (0-dim, on the device) is NaN/Inf."""
-        bad = (~torch.isfinite(grad_norm)).float()  # 0-dim, on the device
-        self.in_a_row = (self.in_a_row.to(bad.device) + 1) * bad
-        self.total = self.total.to(bad.device) + bad
-        if optimizer.defaults.get("fused"):
-            optimizer.found_inf = bad  # the fused kernel leaves params and state alone when it is 1
-            optimizer.step()
-        elif self.finite_on_host(grad_norm):
-            optimizer.step()
-
-    @staticmethod
-    def finite_on_host(grad_norm: torch.Tensor) -> bool:
-        return math.isfinite(float(grad_norm))
-
-    @property
-    def exhausted(self) -> bool:
-        return self.max_bad > 0 and int(self.in_a_row) >= self.max_bad
-
-    def state_dict(self) -> dict:
-        return {"in_a_row": int(self.in_a_row), "total": int(self.total)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.in_a_row, self.total = torch.tensor(float(state["in_a_row"])), torch.tensor(float(state["total"]))
+    message: str
+    exit_code: int = 1
 
 
 class StopSignals:
@@ -93,13 +64,14 @@ class StopSignals:
         return 128 + int(getattr(signal, self.received)) if self.received else 1
 
 
-def stop_reason(signals: StopSignals, guard: BadStepGuard | None, rewards) -> tuple[str, int] | None:
-    """Why the run must stop now (message, exit code), or None."""
+def stop_reason(signals: StopSignals, guard, rewards) -> StopReason | None:
+    """Why the run must stop now, or None: a signal, NaN/Inf steps (`guard`, the learner's
+    BadStepGuard), a reward that keeps failing (`rewards.failing`)."""
     if signals.received:
-        return f"{signals.received} received", signals.exit_code
-    if guard is not None and guard.exhausted:
-        return f"{int(guard.in_a_row)} optimiser steps in a row had NaN/Inf gradients (train.max_bad_steps={guard.max_bad})", 1
-    failing = getattr(rewards, "failing", None)
-    if failing:
-        return failing, 1
+        return StopReason(f"{signals.received} received", signals.exit_code)
+    if guard.exhausted:
+        return StopReason(f"{int(guard.in_a_row)} optimiser steps in a row had NaN/Inf gradients "
+                          f"(train.max_bad_steps={guard.max_bad})")
+    if rewards.failing:
+        return StopReason(rewards.failing)
     return None
