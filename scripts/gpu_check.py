@@ -2,7 +2,7 @@
 
     python scripts/gpu_check.py                       # the whole checklist on the GPUs here (docs/gpu.md)
     python scripts/gpu_check.py --device cpu --smoke  # what of it runs on a CPU (make test runs this)
-    python scripts/gpu_check.py --only colocated-sleep0 resume-fewer-gpus
+    python scripts/gpu_check.py --only colocated-sleep0 torchrun2-ddp
     python scripts/gpu_check.py --single --shape 1.5b train.strategy=fsdp2   # one measured recipe run
 
 Each item runs in its own subprocess with a timeout; the results go to one JSON (--out, default
@@ -275,9 +275,9 @@ def items(a, model: Path, data: tuple[Path, Path], gpus: int) -> list[Item]:
     first = run("resume-fewer-gpus", checkpoint__every=1, train__device="cuda:1" if a.device == "cuda" else "cpu")
     again = run("resume-fewer-gpus", train__max_steps=a.steps + 1, train__device=a.device) + [
         f"resume={work / 'resume-fewer-gpus'}"]
-    out.append(Item("resume-fewer-gpus", "checkpoint with 2 GPUs visible (learner cuda:1), resume with 1 (CUDA_VISIBLE_DEVICES=1)"
-                    if a.device == "cuda" else "checkpoint, then resume one more step (CPU: same device)",
-                    2 if a.device == "cuda" else 0, [(grpo + first, two), (grpo + again, one)], a.timeout,
+    # Only a GPU shows this one (on the CPU, kill-and-resume is tests/test_resume.py's).
+    out.append(Item("resume-fewer-gpus", "checkpoint with 2 GPUs visible (learner cuda:1), resume with 1 (CUDA_VISIBLE_DEVICES=1)",
+                    2, [(grpo + first, two), (grpo + again, one)], a.timeout,
                     lambda d: _steps_logged(work / "resume-fewer-gpus", a.steps + 1)))
     out.append(Item("pytest-gpu", "pytest -m gpu (the suite's CUDA tests)", 1,
                     [([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], {})], a.timeout))
