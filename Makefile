@@ -63,7 +63,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow"
 
 demo: $(STAMP)
-	$(BIN)/python -m grpo_cli.demo
+	$(BIN)/python -m examples.demo
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench_cpu.py $(BENCH_ARGS)

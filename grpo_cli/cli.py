@@ -8,10 +8,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grpo_cli.config import exit_on_config_error, register_configs
-from grpo_cli.console import is_verbose, quiet_before_imports
+from grpo_cli.config.paths import config_dir
+from grpo_cli.config.validate import exit_on_config_error, register_configs
 from grpo_cli.errors import UserError
-from grpo_cli.paths import config_dir
+from grpo_cli.observe.console import is_verbose, quiet_before_imports
+from grpo_cli.parallel.env import torchrun_place
 
 register_configs()
 
@@ -23,13 +24,15 @@ def _run(cfg: DictConfig) -> float | None:
     exit_on_config_error(cfg)
     quiet_before_imports(is_verbose(cfg.logger))  # env switches torch and vLLM read at import
     # Heavy imports (torch, vllm) only once the config is good and those switches are set.
-    from grpo_cli import distributed
-    from grpo_cli.faults import RunStopped
+    from grpo_cli.parallel import dist, launch
+    from grpo_cli.state.checkpoint import saved_world
+    from grpo_cli.state.stop import RunStopped
 
     run_dir = HydraConfig.get().runtime.output_dir
-    nproc = distributed.ranks_to_launch(cfg.train.nproc, cfg.resume, run_dir)
+    nproc = launch.ranks_to_launch(cfg.train.nproc, saved_world(cfg.resume, run_dir))
     if nproc > 1:  # train.nproc=N (or a resumed N-rank run): N ranks of this same command, all in this run dir
-        sys.exit(distributed.launch(nproc, run_dir, sys.argv[1:]))
+        sys.exit(launch.launch(nproc, run_dir, sys.argv[1:]))
+    from grpo_cli.rollout.colocated import shut_down_engines
     from grpo_cli.train import run
 
     try:
@@ -41,7 +44,9 @@ def _run(cfg: DictConfig) -> float | None:
         print(f"grpo-train: error: {err}", file=sys.stderr)
         sys.exit(1)
     finally:
-        distributed.destroy()  # under torchrun: the engine, then the process group
+        if dist.initialized():  # under torchrun: the engines, then the process group
+            shut_down_engines()
+            dist.destroy()
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:
@@ -60,13 +65,11 @@ def _quiet_early(argv: list[str]) -> None:
 
 
 def _one_run_dir(argv: list[str]) -> list[str]:
-    """Under plain torchrun, every rank into one run dir (grpo_cli/distributed.py pins it)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    """Under plain torchrun, every rank into one run dir (grpo_cli/parallel/launch.py pins it)."""
+    if torchrun_place()[1] == 1:
         return argv
-    from grpo_cli.distributed import pin_run_dir
-    from grpo_cli.schema import TrainConfig
+    from grpo_cli.config.schema import TrainConfig
+    from grpo_cli.parallel.launch import pin_run_dir
 
     timeout = [a.split("=", 1)[1] for a in argv if a.startswith("train.dist_timeout_s=")]
     return pin_run_dir(argv, float(timeout[-1]) if timeout else TrainConfig.dist_timeout_s)

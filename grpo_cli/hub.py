@@ -13,7 +13,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from grpo_cli.logging import console
+from grpo_cli.observe.console import console
 
 
 @functools.cache

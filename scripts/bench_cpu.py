@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_cpu.py [--steps 5] [--dtypes auto|fp32|bf16|fp32,bf16] [--skip-trl] [--out F.json]
 
-Workload "bench-cpu": the tiny random Qwen2 of `grpo_cli.tiny` (hidden 256, 4 layers, vocab 128),
+Workload "bench-cpu": the tiny random Qwen2 of `examples.demo.tiny` (hidden 256, 4 layers, vocab 128),
 prompts "a+b=" (a, b in 0..99), reward 1.0 when the completion starts with the sum; a step is
 16 prompts x 8 completions, <= 64 new tokens, temperature 1, beta 0.04, epsilon 0.2, mu 1, AdamW
 lr 1e-4. Each tool runs 1 warm-up + `--steps` timed steps in its own subprocess, one after the
@@ -40,8 +40,8 @@ B, G, MAX_NEW, BETA, EPS, LR, SEED, ROWS = 16, 8, 64, 0.04, 0.2, 1e-4, 0, 2000
 
 def prepare(work: Path) -> tuple[Path, Path]:
     """The model directory and the prompt file both tools train on."""
-    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.arithmetic import make_rows, write_jsonl
+    from examples.demo.tiny import save_tiny
 
     return save_tiny(work / "model"), write_jsonl(make_rows(ROWS, seed=SEED), work / "train.jsonl")
 
@@ -121,21 +121,21 @@ def bench_grpo_cli(overrides: list[str], work: Path) -> dict:
 def engine_child(overrides: list[str], steps: int, out: Path) -> None:
     """Runs inside the roofline subprocess: grpo-cli's sampler alone (nothing else in the process)
     generates the rollouts of the run's steps + 1 batches (same prompt stream, G and engine), under
-    the host-memory setting grpo-cli's CPU learner puts on its process (grpo_cli/host_memory.py)."""
+    the host-memory setting grpo-cli's CPU learner puts on its process (grpo_cli/learner/host_memory.py)."""
     from transformers import set_seed
 
-    from grpo_cli.config import compose
-    from grpo_cli.data import PromptFormatter, PromptStream, as_batch, load_splits
-    from grpo_cli.host_memory import keep_freed_memory
-    from grpo_cli.models import load_tokenizer
-    from grpo_cli.sampler import VLLMSampler
+    from grpo_cli.config.validate import compose
+    from grpo_cli.learner.host_memory import keep_freed_memory
+    from grpo_cli.learner.models import load_tokenizer
+    from grpo_cli.rollout.colocated import ColocatedSampler
+    from grpo_cli.rollout.prompts import PromptFormatter, PromptStream, as_batch, load_splits
 
     cfg = compose(overrides)
     keep_freed_memory()
     set_seed(cfg.seed)
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     stream = PromptStream(load_splits(cfg.data)[0], B, cfg.seed, cfg.data.shuffle)
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)
     record: dict[str, list[float]] = defaultdict(list)
     for _ in range(steps + 1):
         ids = fmt.encode(as_batch(stream.next(), fmt).prompts)
@@ -160,7 +160,7 @@ def trl_child(model: Path, data: Path, steps: int, out: Path, bf16: bool) -> Non
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from grpo_cli.rewards.arithmetic import exact_answer
+    from grpo_cli.rewards.exact import exact_answer
 
     spans: dict[str, float] = defaultdict(float)  # time per profiled block within the current step
 

@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from grpo_cli.logprobs import token_logprobs
+    from grpo_cli.learner.logprobs import token_logprobs
 
     g = torch.Generator(device=a.device).manual_seed(0)
     head = torch.nn.Linear(a.hidden, a.vocab, bias=False, device=a.device)

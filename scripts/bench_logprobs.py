@@ -29,10 +29,16 @@ def _hwm_bytes() -> int:
     raise RuntimeError("no VmHWM")
 
 
+def _full_logits(hidden, lm_head, targets, temperature: float):
+    """The naive path: every [tokens, vocab] fp32 logit at once."""
+    log_p = (lm_head(hidden).float() / temperature).log_softmax(-1)  # [N, V]
+    return log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1), None
+
+
 def one(path: str, tokens: int, vocab: int, hidden: int, device: str, compare: bool) -> dict:
     import torch
 
-    from grpo_cli.logprobs import naive_token_logprobs, token_logprobs
+    from grpo_cli.learner.logprobs import token_logprobs
 
     torch.set_num_threads(2) if device == "cpu" else None
     g = torch.Generator(device=device).manual_seed(0)
@@ -41,7 +47,7 @@ def one(path: str, tokens: int, vocab: int, hidden: int, device: str, compare: b
         head.weight.normal_(0, 0.02, generator=g)
     h = torch.randn(tokens, hidden, device=device, generator=g).requires_grad_()
     targets = torch.randint(0, vocab, (tokens,), device=device, generator=g)
-    fn = token_logprobs if path == "chunked" else naive_token_logprobs
+    fn = token_logprobs if path == "chunked" else _full_logits
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

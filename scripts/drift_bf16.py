@@ -5,7 +5,7 @@ learner, on the same sampled tokens; the fp32 engine as the control.
     python scripts/drift_bf16.py --sharpen 8 --max-tokens 256   # peakier distributions, longer sequences
 
 For every sampled token: d = log pi_sampler - log pi_learner (fp32 transformers forward, temperature
-1). Prints mean |d|, max |d| and, per importance-sampling scheme (grpo_cli/correction.py), the share of
+1). Prints mean |d|, max |d| and, per importance-sampling scheme (grpo_cli/algo/correction.py), the share of
 tokens or sequences whose ratio pi_learner / pi_sampler leaves [1/C, C]: what TRL's default
 sequence_mask (C=3) would drop and what token-level truncation (C=2) would cap. A random model's
 distributions are near uniform; `--sharpen K` multiplies the final norm's weight by K (logits x K), a
@@ -36,7 +36,7 @@ def build(work: Path, shape: str, sharpen: float) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
 
     out = save_tiny(work / f"{shape}-x{sharpen:g}", seed=0, **SHAPES[shape])
     if sharpen != 1:
@@ -87,8 +87,8 @@ def main() -> int:
 
     from omegaconf import OmegaConf
 
-    from grpo_cli.sampler import VLLMSampler
-    from grpo_cli.tiny import build_tokenizer
+    from examples.demo.tiny import build_tokenizer
+    from grpo_cli.rollout.colocated import ColocatedSampler
 
     a.work.mkdir(parents=True, exist_ok=True)
     model_dir = build(a.work, a.shape, a.sharpen)
@@ -100,7 +100,7 @@ def main() -> int:
                                      tensor_parallel_size=1, enforce_eager=True, sleep_level=0, engine_kwargs={},
                                      temperature=1.0, top_p=1.0, top_k=-1, max_tokens=a.max_tokens, stop=[]))
         mcfg = OmegaConf.create(dict(path=str(model_dir), tokenizer=None, trust_remote_code=False))
-        rollouts = VLLMSampler(scfg, mcfg).generate(prompts, n=a.n)
+        rollouts = ColocatedSampler(scfg, mcfg).generate(prompts, n=a.n)
         results[dtype] = drift(rollouts.logprobs, learner_logp(model_dir, rollouts, a.device))
         print(f"sampler {dtype} vs learner float32 ({a.shape} x{a.sharpen:g}): " + json.dumps(
             {k: round(v, 6) if isinstance(v, float) else v for k, v in results[dtype].items()}), flush=True)

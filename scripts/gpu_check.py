@@ -2,7 +2,7 @@
 
     python scripts/gpu_check.py                       # the whole checklist on the GPUs here (docs/gpu.md)
     python scripts/gpu_check.py --device cpu --smoke  # what of it runs on a CPU (make test runs this)
-    python scripts/gpu_check.py --only colocated-sleep0 resume-fewer-gpus
+    python scripts/gpu_check.py --only colocated-sleep0 torchrun2-ddp
     python scripts/gpu_check.py --single --shape 1.5b train.strategy=fsdp2   # one measured recipe run
 
 Each item runs in its own subprocess with a timeout; the results go to one JSON (--out, default
@@ -52,7 +52,7 @@ SHAPES = {
 
 
 def build_model(shape: str, work: Path) -> Path:
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
 
     out = work / f"qwen2.5-{shape}-shape"
     if not (out / "config.json").exists():
@@ -111,7 +111,7 @@ def overrides(a, model: Path, data: tuple[Path, Path], run_dir: Path, **replace)
     if a.device == "cpu":  # the smoke test: vLLM's CPU engine, fp32, short completions
         kv |= {"sampler": "vllm-cpu", "sampler.dtype": "float32", "train.autocast_dtype": "null",
                "sampler.max_tokens": 32, "sampler.max_model_len": 256, "train.prompts_per_step": 4,
-               "train.micro_batch_size": 8, "algo.is_correction._target_": "grpo_cli.correction.NoCorrection"}
+               "train.micro_batch_size": 8, "algo.is_correction._target_": "grpo_cli.algo.correction.NoCorrection"}
     kv |= {k.replace("__", "."): v for k, v in replace.items()}
     return ["+recipe=gsm8k"] + [f"{k}={v}" for k, v in kv.items()] + list(a.override)
 
@@ -134,10 +134,10 @@ def single(a) -> int:
     model, data = build_model(a.shape, a.work), write_gsm8k(a.work)
     run_dir = a.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
-    from grpo_cli.config import compose
-    from grpo_cli.data import PromptFormatter, as_batch, load_table
-    from grpo_cli.models import load_tokenizer
-    from grpo_cli.sampler import VLLMSampler
+    from grpo_cli.config.validate import compose
+    from grpo_cli.learner.models import load_tokenizer
+    from grpo_cli.rollout.colocated import ColocatedSampler
+    from grpo_cli.rollout.prompts import PromptFormatter, as_batch, load_table
     from grpo_cli.train import run
 
     cfg = compose(overrides(a, model, data, run_dir))
@@ -146,7 +146,7 @@ def single(a) -> int:
     print(f"{a.device} {str(dtype).removeprefix('torch.')} matmul peak: {peak:,.0f} GFLOP/s", flush=True)
 
     # The engine alone on one step's rollout (same prompts, G and settings): the sampler's roofline.
-    sampler = VLLMSampler(cfg.sampler, cfg.model)  # the run below reuses this very engine
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)  # the run below reuses this very engine
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     B, G = cfg.train.prompts_per_step, cfg.algo.group_size
     ids = fmt.encode(as_batch(load_table(str(data[0])).select(range(B)), fmt).prompts)
@@ -275,9 +275,9 @@ def items(a, model: Path, data: tuple[Path, Path], gpus: int) -> list[Item]:
     first = run("resume-fewer-gpus", checkpoint__every=1, train__device="cuda:1" if a.device == "cuda" else "cpu")
     again = run("resume-fewer-gpus", train__max_steps=a.steps + 1, train__device=a.device) + [
         f"resume={work / 'resume-fewer-gpus'}"]
-    out.append(Item("resume-fewer-gpus", "checkpoint with 2 GPUs visible (learner cuda:1), resume with 1 (CUDA_VISIBLE_DEVICES=1)"
-                    if a.device == "cuda" else "checkpoint, then resume one more step (CPU: same device)",
-                    2 if a.device == "cuda" else 0, [(grpo + first, two), (grpo + again, one)], a.timeout,
+    # Only a GPU shows this one (on the CPU, kill-and-resume is tests/test_resume.py's).
+    out.append(Item("resume-fewer-gpus", "checkpoint with 2 GPUs visible (learner cuda:1), resume with 1 (CUDA_VISIBLE_DEVICES=1)",
+                    2, [(grpo + first, two), (grpo + again, one)], a.timeout,
                     lambda d: _steps_logged(work / "resume-fewer-gpus", a.steps + 1)))
     out.append(Item("pytest-gpu", "pytest -m gpu (the suite's CUDA tests)", 1,
                     [([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], {})], a.timeout))

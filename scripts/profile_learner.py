@@ -3,7 +3,7 @@
     .venv/bin/python scripts/profile_learner.py [--shape bench|demo] [--steps 3] [--rows 25] [--shapes]
         [--glibc-default] [KEY=VALUE ...]
 
-Builds the bench model (grpo_cli.tiny, random init) and one rollout batch of the bench's shape
+Builds the bench model (examples.demo.tiny, random init) and one rollout batch of the bench's shape
 (16 prompts "a+b=" x G=8, completion lengths drawn like the bench's, mean ~42 of <= 64 tokens,
 random tokens) or, with `--shape demo`, of `make demo`'s (32 prompts "max(a,b)=" of 11 tokens x G=8,
 completions of 2-5 tokens, one micro-batch of 256), runs one warm-up `Learner.train_step`, then
@@ -37,17 +37,17 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25, help="ops in the table")
     p.add_argument("--trace", type=Path, help="also write a Chrome trace here")
     p.add_argument("--glibc-default", action="store_true",
-                   help="leave glibc's malloc as it is (the learner tunes it: grpo_cli/host_memory.py), to compare")
+                   help="leave glibc's malloc as it is (the learner tunes it: grpo_cli/learner/host_memory.py), to compare")
     p.add_argument("--shapes", action="store_true", help="group the table by op and input shapes (and dtypes)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     B, MAX_NEW, prompt_lens = SHAPES[a.shape]
 
-    from grpo_cli import host_memory
-    from grpo_cli.config import compose
-    from grpo_cli.learner import Learner, RolloutBatch
-    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.arithmetic import make_rows, write_jsonl
+    from examples.demo.tiny import save_tiny
+    from grpo_cli.config.validate import compose
+    from grpo_cli.learner import host_memory
+    from grpo_cli.learner.learner import Learner, RolloutBatch
 
     torch.set_num_threads(2)
     if a.glibc_default:
@@ -61,7 +61,7 @@ def main() -> None:
         f"algo.group_size={G}", "algo.beta=0.04", f"train.prompts_per_step={B}",
         f"train.micro_batch_size={B * G}", "optim.lr=1e-4", "logger=none", *a.overrides,
     ])
-    learner = Learner(cfg, total_optim_steps=100)
+    learner = Learner(cfg.model, cfg.algo, cfg.optim, cfg.train, cfg.sampler.temperature, cfg.seed, total_optim_steps=100)
     gen = torch.Generator().manual_seed(0)
     n = B * G
     if a.shape == "bench":  # like the bench's random model: EOS (1/128 per token) or the 64-token limit

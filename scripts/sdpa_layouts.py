@@ -21,9 +21,9 @@ def main() -> None:
     import transformers.integrations.sdpa_attention as sa
     from transformers import AutoModelForCausalLM
 
-    from grpo_cli.learner import packed_mask
-    from grpo_cli.packing import pack_ids, plan
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
+    from grpo_cli.learner.learner import packed_mask
+    from grpo_cli.learner.packing import pack_ids, plan
 
     path = save_tiny(tempfile.mkdtemp(), hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")

@@ -14,13 +14,32 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 
-from grpo_cli.config import compose  # noqa: E402,F401  (tests import it from here)
+from grpo_cli.config.validate import compose  # noqa: E402,F401  (tests import it from here)
+
+
+def make_learner(cfg, total_optim_steps: int, dist=None):
+    """The Learner a run of `cfg` builds, from the same config sections grpo_cli/train.py passes."""
+    from grpo_cli.learner.learner import Learner
+
+    return Learner(cfg.model, cfg.algo, cfg.optim, cfg.train, cfg.sampler.temperature, cfg.seed, total_optim_steps, dist)
+
+
+def make_logger(cfg, run_dir, total_steps: int, rows: tuple[int, int | None] = (0, None)):
+    """The RunLogger a run of `cfg` builds (as grpo_cli/train.py does), with `rows` train/eval rows."""
+    from omegaconf import OmegaConf
+
+    from grpo_cli.observe.logger import RunHeader, RunLogger
+
+    header = RunHeader(cfg.model.path, cfg.data.path, rows[0], rows[1], total_steps, cfg.train.prompts_per_step,
+                       cfg.algo.group_size, cfg.run_name)
+    accuracy = cfg.reward.accuracy or next(iter(cfg.reward.funcs))
+    return RunLogger(cfg.logger, run_dir, header, OmegaConf.to_container(cfg, resolve=True), accuracy)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Qwen2 with the character tokenizer, saved with save_pretrained."""
-    from grpo_cli.tiny import save_tiny
+    from examples.demo.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128,
                      num_layers=2, num_heads=2, num_kv_heads=1, seed=0)
@@ -28,7 +47,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory) -> Path:
-    from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
+    from examples.demo.arithmetic import make_rows, write_jsonl
 
     return write_jsonl(make_rows(200, seed=0), tmp_path_factory.mktemp("data") / "train.jsonl")
 

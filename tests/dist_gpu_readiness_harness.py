@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from grpo_cli import distributed
-from grpo_cli.config import compose
+from grpo_cli.config.validate import compose
+from grpo_cli.parallel import dist as distributed
 
 
 def as_gloo(backend: str) -> str:
@@ -66,8 +66,8 @@ def attempt(results: dict, key: str, fn) -> None:
 
 
 def cuda_group(overrides: list[str]) -> dict:
-    from grpo_cli.learner import Learner
-    from grpo_cli.sharding import FullyShard
+    from grpo_cli.parallel.sharding import FullyShard
+    from tests.conftest import make_learner
     from tests.dist_learner_harness import recorded_batch, share
 
     me, backend = init_as_on_cuda(60)
@@ -78,7 +78,7 @@ def cuda_group(overrides: list[str]) -> dict:
     attempt(out, "Dist.sum (train.py groups drawn)", lambda: int(me.sum(torch.tensor(me.rank + 1))))
     attempt(out, "FullyShard.align", lambda: len(FullyShard(me, torch.device("cpu")).align([1] * (me.rank + 1))))
     cfg = compose(overrides + ["train.device=cpu", "train.strategy=ddp"])
-    learner = Learner(cfg, total_optim_steps=10, dist=me)
+    learner = make_learner(cfg, total_optim_steps=10, dist=me)
     batch = share(recorded_batch(), me)
     attempt(out, "Learner.train_step", lambda: float(learner.train_step(batch)["loss"]))
     attempt(out, "Learner.tokens summed", lambda: learner.tokens.tolist())
@@ -107,11 +107,11 @@ def full_weights(overrides: list[str]) -> dict:
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from grpo_cli.learner import Learner
+    from tests.conftest import make_learner
 
     me = distributed.init(60)
     cfg = compose(overrides + ["train.device=cpu", "train.strategy=fsdp2"])
-    learner = Learner(cfg, total_optim_steps=10, dist=me)
+    learner = make_learner(cfg, total_optim_steps=10, dist=me)
     gathers = []
     real = DTensor.full_tensor
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from grpo_cli import distributed
-from grpo_cli.config import compose
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logging import to_host
+from grpo_cli.config.validate import compose
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.observe.logger import to_host
+from grpo_cli.parallel import dist as distributed
+from tests.conftest import make_learner
 
 # Plain SGD compares the gradients themselves: AdamW's first step is ~lr * sign(g), which turns the
 # float-rounding differences of near-zero gradient entries into lr-sized ones (measured: 2-4e-6 at
@@ -68,7 +69,7 @@ def main(out: Path, overrides: list[str]) -> None:
     for name, extra in VARIANTS.items():
         cfg = compose(overrides + extra)
         torch.manual_seed(0)
-        learner = Learner(cfg, total_optim_steps=10, dist=me)
+        learner = make_learner(cfg, total_optim_steps=10, dist=me)
         batch = share(recorded_batch(), me, last_rank_empty=name.endswith("_empty"))
         params, metrics = {}, []
         for step in (1, 2, 3):

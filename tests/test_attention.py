@@ -1,11 +1,11 @@
-"""grpo_cli/attention.py: on the CPU under bf16 autocast, attention runs in fp32; elsewhere untouched."""
+"""grpo_cli/learner/attention.py: on the CPU under bf16 autocast, attention runs in fp32; elsewhere untouched."""
 
 from __future__ import annotations
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from grpo_cli import attention
+from grpo_cli.learner import attention
 
 
 class _Module(torch.nn.Module):  # what transformers' sdpa function reads from the attention module

@@ -12,10 +12,10 @@ import datasets
 import pytest
 from transformers import ViTConfig
 
-from grpo_cli.config import validate
-from grpo_cli.data import PromptFormatter
+from grpo_cli.config.validate import validate
 from grpo_cli.errors import UserError
-from grpo_cli.models import load_tokenizer
+from grpo_cli.learner.models import load_tokenizer
+from grpo_cli.rollout.prompts import PromptFormatter
 from grpo_cli.train import run
 from tests.conftest import compose
 

@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from grpo_cli.config import ConfigError, register_configs, validate
-from grpo_cli.paths import config_dir
+from grpo_cli.config.paths import config_dir
+from grpo_cli.config.validate import ConfigError, register_configs, validate
 from tests.conftest import REPO
 
 register_configs()
@@ -175,7 +175,7 @@ def test_wheel_install_composes_from_any_directory(tmp_path):
     assert inst.returncode == 0, inst.stderr
     env = dict(os.environ, PYTHONPATH=str(target))
     where = subprocess.run(
-        [sys.executable, "-c", "import grpo_cli.paths as p; print(p.config_dir())"],
+        [sys.executable, "-c", "import grpo_cli.config.paths as p; print(p.config_dir())"],
         cwd=tmp_path, capture_output=True, text=True, env=env,
     )
     assert Path(where.stdout.strip()) == target / "grpo_cli" / "conf"  # the wheel's copy, not the checkout

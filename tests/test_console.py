@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.console import _QUIET_ENV, LOG_FILE, route_logs
+from grpo_cli.observe.console import LOG_FILE, QUIET_ENV, route_logs
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def _emit():
     logging.getLogger("vllm.model_executor.reload").warning("RotaryEmbedding: Failed to load weights")
     logging.getLogger("vllm.engine").info("Initializing a V1 LLM engine")
     logging.getLogger("vllm.engine").error("engine died")
-    logging.getLogger("grpo_cli.data").warning("our own warning")
+    logging.getLogger("grpo_cli.rollout.prompts").warning("our own warning")
 
 
 def test_library_logs_go_to_the_file_and_only_errors_and_ours_to_the_console(terminal, tmp_path):
@@ -64,7 +64,7 @@ def test_a_run_console_fits_on_a_screen(tiny_overrides, tmp_path):
     """A real run from the CLI, W&B offline: header, evals, final table; no engine or W&B chatter."""
     args = [*tiny_overrides, "logger.wandb_mode=offline", "logger.progress=true", f"hydra.run.dir={tmp_path}"]
     # A clean environment: earlier in-process runs of this session set the quiet switches in os.environ.
-    env = {k: v for k, v in os.environ.items() if k not in _QUIET_ENV} | {"WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV} | {"WANDB_MODE": "offline"}
     out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr

@@ -6,8 +6,14 @@ import datasets
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.data import DataError, PromptFormatter, PromptStream, load_splits, load_table
-from grpo_cli.tasks.arithmetic import make_rows, write_jsonl
+from examples.demo.arithmetic import make_rows, write_jsonl
+from grpo_cli.rollout.prompts import (
+    DataError,
+    PromptFormatter,
+    PromptStream,
+    load_splits,
+    load_table,
+)
 
 ROWS = make_rows(30, seed=0)
 

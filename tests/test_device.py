@@ -12,12 +12,13 @@ import pytest
 import torch
 import transformers.masking_utils
 
+from grpo_cli.devices import resolve_device
 from grpo_cli.errors import UserError
-from grpo_cli.faults import BadStepGuard
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.logprobs import chunk_tokens, naive_token_logprobs, token_logprobs
-from grpo_cli.models import resolve_device
-from tests.conftest import compose
+from grpo_cli.learner.guard import BadStepGuard
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.learner.logprobs import chunk_tokens, token_logprobs
+from tests.conftest import compose, make_learner
+from tests.naive import naive_token_logprobs
 
 PAD = 0
 
@@ -46,7 +47,7 @@ META = ["train.device=meta", "optim.optimizer.fused=false", "algo.beta=0.04", "a
 
 
 def test_a_learner_step_on_the_meta_device_keeps_every_tensor_there(tiny_overrides, on_meta):
-    learner = Learner(compose(tiny_overrides + META), total_optim_steps=4)
+    learner = make_learner(compose(tiny_overrides + META), total_optim_steps=4)
     assert {p.device.type for p in learner.policy.parameters()} == {"meta"}
     assert {p.device.type for p in learner.ref.parameters()} == {"meta"}
     metrics = learner.train_step(_batch())
@@ -66,7 +67,7 @@ def test_the_meta_step_catches_a_tensor_left_on_the_host(tiny_overrides, on_meta
         return RolloutBatch(**(vars(real_to(self, device)) | {"advantages": self.advantages}))
 
     monkeypatch.setattr(RolloutBatch, "to", to_but_advantages)
-    learner = Learner(compose(tiny_overrides + META), total_optim_steps=4)
+    learner = make_learner(compose(tiny_overrides + META), total_optim_steps=4)
     with pytest.raises(RuntimeError, match="device"):
         learner.train_step(_batch())
 
@@ -85,7 +86,7 @@ def test_train_device_auto_is_cpu_here_and_bad_names_are_one_line():
 def test_a_learner_step_on_cuda_equals_the_cpu_step(tiny_overrides):
     out = {}
     for device in ("cpu", "cuda"):
-        learner = Learner(compose(tiny_overrides + [f"train.device={device}", "algo.beta=0.04"]), total_optim_steps=1)
+        learner = make_learner(compose(tiny_overrides + [f"train.device={device}", "algo.beta=0.04"]), total_optim_steps=1)
         out[device] = {k: float(v) for k, v in learner.train_step(_batch()).items()}
     for k in out["cpu"]:
         assert out["cuda"][k] == pytest.approx(out["cpu"][k], rel=1e-3, abs=1e-5), k
@@ -121,8 +122,8 @@ def test_chunked_logprobs_and_gradients_equal_the_naive_path(bias, chunk_mib):
 
 def test_learner_logprobs_equal_a_plain_forward_with_full_logits(tiny_overrides):
     """The learner's chunked path vs the model's own logits, with padding and a temperature."""
-    learner = Learner(compose(tiny_overrides + ["sampler.temperature=0.7", "train.logprob_chunk_mib=1"]),
-                      total_optim_steps=1)
+    learner = make_learner(compose(tiny_overrides + ["sampler.temperature=0.7", "train.logprob_chunk_mib=1"]),
+                           total_optim_steps=1)
     batch = _batch()
     with torch.no_grad():
         chunked = learner.completion_logprobs(learner.policy, batch)  # [N, T]
@@ -134,10 +135,11 @@ def test_learner_logprobs_equal_a_plain_forward_with_full_logits(tiny_overrides)
 
 
 def test_sleep_mode_without_cuda_is_a_one_line_error(tiny_overrides):
-    from grpo_cli.sampler import SamplerError, VLLMSampler
+    from grpo_cli.rollout.colocated import ColocatedSampler
+    from grpo_cli.rollout.sampler import SamplerError
 
     cfg = compose(tiny_overrides + ["sampler.sleep_level=1"])
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA, where sleep mode is allowed")
     with pytest.raises(SamplerError, match=r"^sampler.sleep_level=1 needs a CUDA GPU: vLLM's sleep mode exists only on CUDA"):
-        VLLMSampler(cfg.sampler, cfg.model)
+        ColocatedSampler(cfg.sampler, cfg.model)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.pause import CALLBACK
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node"]  # + N, --standalone, ...
 
@@ -132,8 +133,8 @@ def test_two_ranks_train_through_the_engines_then_resume_under_torchrun(tiny_ove
 
 
 def test_resuming_with_another_number_of_ranks_is_a_one_line_error(tmp_path):
-    from grpo_cli.distributed import Dist
-    from grpo_cli.run_state import CheckpointError, load
+    from grpo_cli.parallel.dist import Dist
+    from grpo_cli.state.checkpoint import CheckpointError, load
 
     (tmp_path / "manifest.json").write_text(json.dumps({"step": 2, "files": {}, "world_size": 2}))
     with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), this run has 1: resume with train.nproc=2"):
@@ -186,7 +187,7 @@ def test_under_plain_torchrun_a_config_error_is_said_once_not_once_per_rank(tiny
 
 
 def test_torchrun_world_size_is_checked_too(tiny_overrides, monkeypatch):
-    from grpo_cli.config import ConfigError, validate
+    from grpo_cli.config.validate import ConfigError, validate
     from tests.conftest import compose
 
     monkeypatch.setenv("WORLD_SIZE", "3")  # inside a torchrun rank, the world is torchrun's
@@ -221,7 +222,7 @@ def _start_paused(args: list[str], pause: str, pause_s: str, log: Path, cwd: Pat
 
     env = _env() | {"GRPO_CLI_TEST_PAUSE": pause, "GRPO_CLI_TEST_PAUSE_S": pause_s}
     with open(log, "w") as err:  # the child keeps its own copy of the file
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(args + [CALLBACK], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
     deadline = time.monotonic() + 240
     while f"paused at {pause}" not in log.read_text():
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -248,7 +249,7 @@ def _rank_pid(parent: int, rank: int) -> int:
 @pytest.mark.parametrize("other, says", [("model.lora.r=4", "does not shard LoRA adapters yet"),
                                          ("train.compile=true", "train.compile=true is not supported yet")])
 def test_fsdp2_with_what_it_does_not_support_is_a_one_line_error(tiny_overrides, other, says):
-    from grpo_cli.config import ConfigError, validate
+    from grpo_cli.config.validate import ConfigError, validate
     from tests.conftest import compose
 
     validate(compose(tiny_overrides + ["train.strategy=fsdp2"]))

@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.sampler import VLLMSampler
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.rollout.colocated import ColocatedSampler
 from grpo_cli.train import run
-from tests.conftest import compose
+from tests.conftest import compose, make_learner
 
 pytestmark = pytest.mark.engine
 
@@ -25,8 +25,8 @@ PROMPTS = ["12+34=", "7+8=", "99+1=", "hello"]
 def test_weight_sync_is_exact_after_training_steps(tiny_overrides, tiny_model, learner_device):
     cfg = compose(tiny_overrides + ["algo.beta=0.04", "optim.lr=1e-2", f"train.device={learner_device}"])
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    learner = Learner(cfg, total_optim_steps=10)
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    learner = make_learner(cfg, total_optim_steps=10)
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)
     sampler.load_weights(learner.weights())
     ids = tok(PROMPTS, add_special_tokens=False)["input_ids"]
     g = torch.Generator().manual_seed(0)
@@ -110,7 +110,7 @@ def test_run_dir_has_every_file_and_metric(tiny_overrides, tmp_path, learner_dev
     final = tmp_path / "checkpoints" / "final"
     AutoModelForCausalLM.from_pretrained(final)  # transformers loads it
     cfg.model.path = str(final)
-    r = VLLMSampler(cfg.sampler, cfg.model).generate([[1, 2, 3]], n=2)  # and so does vLLM
+    r = ColocatedSampler(cfg.sampler, cfg.model).generate([[1, 2, 3]], n=2)  # and so does vLLM
     assert len(r.texts) == 2
 
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_cli.faults import RunStopped
-from grpo_cli.logging import RunLogger
 from grpo_cli.rewards import RewardError
+from grpo_cli.state.stop import RunStopped
 from grpo_cli.train import run
-from tests.conftest import compose
+from tests.conftest import compose, make_logger
 
 pytestmark = pytest.mark.engine
 
@@ -120,12 +119,12 @@ def test_wandb_that_cannot_start_or_log_warns_once_and_logs_locally(tiny_overrid
         raise wandb.errors.CommError("failed to reach api.wandb.ai")
 
     monkeypatch.setattr(wandb, "init", no_network)
-    logger = RunLogger(cfg, tmp_path, total_steps=2)
+    logger = make_logger(cfg, tmp_path, total_steps=2)
     logger.log(1, {"loss": 1.0})
     logger.close()
     assert "W&B could not start (CommError: failed to reach api.wandb.ai)" in capsys.readouterr().err
     monkeypatch.setattr(wandb, "init", lambda **kw: _Broken())
-    logger = RunLogger(cfg, tmp_path, total_steps=2)
+    logger = make_logger(cfg, tmp_path, total_steps=2)
     for step in (2, 3):
         logger.log(step, {"loss": 1.0})
     logger.close()

@@ -25,12 +25,11 @@ def test_gpu_check_smoke_runs_the_cpu_subset_of_the_checklist(tmp_path):
     assert {n: r["status"] for n, r in items.items()} == {
         "colocated-sleep0": "pass", "colocated-sleep1": "skipped", "colocated-sleep2": "skipped",
         "torchrun2-ddp": "skipped", "torchrun2-fsdp2": "skipped", "server-nccl": "skipped",
-        "resume-fewer-gpus": "pass", "pytest-gpu": "skipped"}
+        "resume-fewer-gpus": "skipped", "pytest-gpu": "skipped"}
     assert all(r["why"] for r in items.values() if r["status"] == "skipped")
     recipe = json.loads((tmp_path / "checklist" / "colocated-sleep0.json").read_text())
     assert len(recipe["steps"]) == 2 and recipe["median"]["logprob_drift/max"] < 1e-4  # fp32 on both sides
     assert recipe.get("learner_mfu_error") or 0 < recipe["learner_mfu"] <= 1
-    assert items["resume-fewer-gpus"]["numbers"]["steps"] == 3
     assert "gpu_check: " in out.stdout and "ok" in out.stdout.splitlines()[-1]
 
 

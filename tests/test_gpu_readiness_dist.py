@@ -44,7 +44,7 @@ def test_the_cuda_process_group_also_serves_cpu_tensors():
     """NCCL for CUDA tensors, gloo for the counts, flags and objects that live on the host."""
     from torch.distributed import Backend
 
-    from grpo_cli.distributed import backend
+    from grpo_cli.parallel.dist import backend
 
     assert backend("cpu") == "gloo"
     served = dict(pair.split(":") for pair in backend("cuda").split(","))

@@ -14,15 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_cli import sampler as sampler_mod
-from grpo_cli import server_sampler as ss
-from grpo_cli.config import compose, validate
-from grpo_cli.sampler import VLLMSampler
-from grpo_cli.server_sampler import (
+from grpo_cli.config.validate import compose, validate
+from grpo_cli.parallel.env import shared_gpu
+from grpo_cli.rollout import colocated as sampler_mod
+from grpo_cli.rollout import server as ss
+from grpo_cli.rollout.colocated import ColocatedSampler
+from grpo_cli.rollout.server import (
     ServerSampler,
     ShmWeightSync,
     nccl_master_address,
-    shared_gpu,
     weight_sync_kind,
 )
 
@@ -211,7 +211,7 @@ def test_the_shm_push_travels_in_the_servers_dtype():
 # --- the colocated engine's lifecycle across a sweep's jobs, against a fake vllm.LLM -------------
 
 class _FakeLLM:
-    """vllm.LLM's surface that VLLMSampler uses; sleeping engines refuse work, as level 2's would."""
+    """vllm.LLM's surface that ColocatedSampler uses; sleeping engines refuse work, as level 2's would."""
 
     built: list = []
 
@@ -256,10 +256,10 @@ def fake_engines(monkeypatch):
 
 def test_a_job_after_one_that_failed_asleep_gets_an_awake_engine(fake_engines):
     cfg = fake_engines("sampler.sleep_level=2")
-    first = VLLMSampler(cfg.sampler, cfg.model)
+    first = ColocatedSampler(cfg.sampler, cfg.model)
     first.load_weights([("w", torch.ones(1))])
     first.sleep()  # ... and the job fails here, while the learner runs
-    second = VLLMSampler(cfg.sampler, cfg.model)  # the sweep's next job
+    second = ColocatedSampler(cfg.sampler, cfg.model)  # the sweep's next job
     second.load_weights([("w", torch.ones(1))])
     assert not second.llm.is_sleeping()
     assert first.llm.shut  # the asleep engine was shut down, not left beside the new one
@@ -273,11 +273,11 @@ def test_a_replaced_engine_is_collected_and_its_cuda_memory_emptied_before_the_n
 
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
     cfg = fake_engines()
-    VLLMSampler(cfg.sampler, cfg.model)
+    ColocatedSampler(cfg.sampler, cfg.model)
     gc.disable()  # only the sampler's own collection may free the cycle
     try:
         cfg2 = fake_engines("sampler.max_model_len=1024")  # new engine args: a new engine
-        VLLMSampler(cfg2.sampler, cfg2.model)
+        ColocatedSampler(cfg2.sampler, cfg2.model)
     finally:
         gc.enable()
     assert events == [[], [True]]  # before the first engine (none yet), and before the second

@@ -15,5 +15,5 @@ RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
 def test_a_mixed_precision_recipe_corrects_the_sampler_learner_mismatch(recipe):
     cfg = compose([f"+recipe={recipe}"])
     mixed = cfg.sampler.dtype != cfg.model.dtype
-    corrected = cfg.algo.is_correction._target_ != "grpo_cli.correction.NoCorrection"
+    corrected = cfg.algo.is_correction._target_ != "grpo_cli.algo.correction.NoCorrection"
     assert corrected == mixed, f"{recipe}: sampler {cfg.sampler.dtype}, learner {cfg.model.dtype}"

@@ -9,10 +9,10 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
+from examples.demo.arithmetic import write_jsonl
 from grpo_cli import hub
-from grpo_cli.data import DataError, load_table
-from grpo_cli.models import ModelLoadError, load_tokenizer
-from grpo_cli.tasks.arithmetic import write_jsonl
+from grpo_cli.learner.models import ModelLoadError, load_tokenizer
+from grpo_cli.rollout.prompts import DataError, load_table
 from grpo_cli.train import run
 from tests.conftest import compose
 

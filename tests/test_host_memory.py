@@ -1,4 +1,4 @@
-"""grpo_cli/host_memory.py: a CPU learner's freed activations keep their pages (glibc's malloc tuned)."""
+"""grpo_cli/learner/host_memory.py: a CPU learner's freed activations keep their pages (glibc's malloc tuned)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from grpo_cli.host_memory import keep_freed_memory
+from grpo_cli.learner.host_memory import keep_freed_memory
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 
@@ -19,7 +19,7 @@ import ctypes, resource, sys
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 if sys.argv[1] == "keep":
-    from grpo_cli.host_memory import keep_freed_memory
+    from grpo_cli.learner.host_memory import keep_freed_memory
     assert keep_freed_memory()
 N = 24 << 20
 def step():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli.learner import Learner, RolloutBatch
-from tests.conftest import compose
+from grpo_cli.learner.learner import RolloutBatch
+from tests.conftest import compose, make_learner
 
 PAD = 0
 
@@ -31,7 +31,7 @@ def test_select_cuts_columns_that_are_padding_in_every_selected_row():
 
 @pytest.fixture(scope="module")
 def learner(tiny_overrides):
-    return Learner(compose(tiny_overrides + ["sampler.temperature=0.7"]), total_optim_steps=1)
+    return make_learner(compose(tiny_overrides + ["sampler.temperature=0.7"]), total_optim_steps=1)
 
 
 def test_padded_batch_logprobs_equal_one_sequence_at_a_time(learner):
@@ -49,7 +49,7 @@ def test_padded_batch_logprobs_equal_one_sequence_at_a_time(learner):
 
 def test_train_step_moves_logprobs_the_way_advantages_point(tiny_overrides):
     cfg = compose(tiny_overrides + ["algo.beta=0", "optim.lr=1e-2", "train.micro_batch_size=1"])
-    learner = Learner(cfg, total_optim_steps=1)
+    learner = make_learner(cfg, total_optim_steps=1)
     batch = RolloutBatch.build([[5, 6], [5, 6]], [[30, 31], [40, 41]], [[0.0, 0.0], [0.0, 0.0]],
                                torch.tensor([1.0, -1.0]), PAD)
     with torch.no_grad():
@@ -71,17 +71,17 @@ def test_micro_batch_size_does_not_change_the_update(tiny_overrides):
     weights = []
     for mb in (1, 3):
         cfg = compose(tiny_overrides + ["algo.beta=0.04", "optim=sgd", "optim.lr=1.0", f"train.micro_batch_size={mb}"])
-        learner = Learner(cfg, total_optim_steps=1)
+        learner = make_learner(cfg, total_optim_steps=1)
         learner.train_step(batch)
         weights.append(torch.cat([p.detach().flatten() for p in learner.policy.parameters()]))
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
 
 
 def test_reference_is_frozen_and_only_loaded_with_beta(tiny_overrides):
-    with_ref = Learner(compose(tiny_overrides + ["algo.beta=0.04"]), total_optim_steps=1)
+    with_ref = make_learner(compose(tiny_overrides + ["algo.beta=0.04"]), total_optim_steps=1)
     assert with_ref.ref is not None and not any(p.requires_grad for p in with_ref.ref.parameters())
     assert not with_ref.ref.training
-    assert Learner(compose(tiny_overrides + ["algo.beta=0"]), total_optim_steps=1).ref is None
+    assert make_learner(compose(tiny_overrides + ["algo.beta=0"]), total_optim_steps=1).ref is None
     assert isinstance(with_ref.policy, AutoModelForCausalLM._model_mapping[type(with_ref.policy.config)])
 
 
@@ -90,7 +90,7 @@ def test_optimizer_steps_and_pi_old_with_mu_and_optimizer_batches(tiny_overrides
     overrides = ["algo.beta=0", "optim.lr=5e-2", f"algo.num_iterations={mu}", "train.micro_batch_size=1"]
     if opt_bs:
         overrides.append(f"train.optim_batch_size={opt_bs}")
-    learner = Learner(compose(tiny_overrides + overrides), total_optim_steps=expected_steps)
+    learner = make_learner(compose(tiny_overrides + overrides), total_optim_steps=expected_steps)
     batch = RolloutBatch.build([[5, 6]] * 4, [[30, 31], [40, 41], [50], [60, 61, 62]], [[0.0] * 2, [0.0] * 2, [0.0], [0.0] * 3],
                                torch.tensor([1.0, -1.0, 0.5, -0.5]), PAD)
     metrics = learner.train_step(batch)
@@ -120,7 +120,7 @@ def test_packed_sequences_give_the_padded_logprobs_and_update(tiny_overrides, ex
     for pack in ("false", "true"):
         cfg = compose(tiny_overrides + ["algo.beta=0.04", "optim=sgd", "optim.lr=1.0", "train.micro_batch_size=6",
                                         f"train.pack_sequences={pack}"] + (extra if pack == "true" else []))
-        learner = Learner(cfg, total_optim_steps=1)
+        learner = make_learner(cfg, total_optim_steps=1)
         with torch.no_grad():
             logps.append(learner.completion_logprobs(learner.policy, batch) * batch.completion_mask)
         pad.append(learner.train_step(batch)["learner/pad_frac"])
@@ -148,7 +148,7 @@ def test_shared_prompts_give_the_padded_logprobs_and_update(tiny_overrides, extr
     logps, weights, fed = [], [], []
     for layout in (["train.pack_sequences=false"], ["train.share_prompts=false"], ["train.share_prompts=true", *extra]):
         cfg = compose(tiny_overrides + ["algo.beta=0.04", "optim=sgd", "optim.lr=1.0", "train.micro_batch_size=6", *layout])
-        learner = Learner(cfg, total_optim_steps=1)
+        learner = make_learner(cfg, total_optim_steps=1)
         with torch.no_grad():
             logps.append(learner.completion_logprobs(learner.policy, batch) * batch.completion_mask)
         learner.train_step(batch)

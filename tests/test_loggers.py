@@ -9,15 +9,14 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from grpo_cli.logging import RunLogger
-from grpo_cli.report import find_runs, run_labels
-from tests.conftest import compose
+from grpo_cli.observe.report import find_runs, run_labels
+from tests.conftest import compose, make_logger
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _log_a_run(cfg, run_dir, steps=3):
-    logger = RunLogger(cfg, run_dir, total_steps=steps, rows=(100, 10))
+    logger = make_logger(cfg, run_dir, total_steps=steps, rows=(100, 10))
     logger.log(0, {"eval/accuracy": 0.25, "eval/reward": 0.25})
     for step in range(1, steps + 1):
         logger.log(step, {"reward/mean": 0.1 * step, "reward/correct/mean": 0.1 * step, "kl/mean": 0.01 * step,
@@ -67,11 +66,11 @@ def test_grpo_report_overlays_runs_and_sweeps(tiny_overrides, tmp_path):
     assert run_labels(find_runs([sweep])) == ["algo.beta=0", "algo.beta=0.04"]
 
     out = tmp_path / "cmp.png"
-    done = subprocess.run([sys.executable, "-m", "grpo_cli.report", str(sweep), str(tmp_path / "single"), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "grpo_cli.observe.report", str(sweep), str(tmp_path / "single"), "-o", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().startswith(PNG) and out.stat().st_size > 10_000
 
-    bad = subprocess.run([sys.executable, "-m", "grpo_cli.report", str(tmp_path / "nothing")],
+    bad = subprocess.run([sys.executable, "-m", "grpo_cli.observe.report", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("grpo-report: error: ") and "Traceback" not in bad.stderr

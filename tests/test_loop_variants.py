@@ -9,13 +9,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from grpo_cli.config import ConfigError, validate
-from grpo_cli.data import PromptBatch
-from grpo_cli.filters import DynamicSampling, KeepAll, ScoredGroups, SkipZeroStd
-from grpo_cli.kl_control import AdaptiveKLController, KLLimitExceeded, KLWatch
+from grpo_cli.algo.kl_watch import AdaptiveKLController, KLWatch
+from grpo_cli.config.validate import ConfigError, validate
 from grpo_cli.rewards import RewardResult, Rewards
 from grpo_cli.rewards.overlong import OverlongPenalty
-from grpo_cli.sampler import Rollouts
+from grpo_cli.rollout.filters import DynamicSampling, KeepAll, ScoredGroups, SkipZeroStd
+from grpo_cli.rollout.prompts import PromptBatch
+from grpo_cli.rollout.sampler import Rollouts
 from tests.conftest import compose
 
 G = 2
@@ -88,11 +88,6 @@ def test_filter_options_compose_onto_algo_batch_filter():
     assert isinstance(ds, DynamicSampling) and ds.max_extra_draws == 7
 
 
-class Loss:
-    def __init__(self, beta):
-        self.beta = beta
-
-
 def test_adaptive_kl_controller_is_ziegler_et_al():
     c = AdaptiveKLController(beta=0.1, target=2.0, horizon=100)
     assert c.update(3.0, n=10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped at +0.2
@@ -102,41 +97,36 @@ def test_adaptive_kl_controller_is_ziegler_et_al():
 
 def test_adapt_steers_the_kl_towards_the_limit():
     """A KL that falls as beta rises (kl = 0.2 / beta): adapt brings it to the limit."""
-    loss = Loss(0.05)
-    watch = KLWatch(limit=2.0, action="adapt", horizon=40, loss=loss, stop=None)
+    watch = KLWatch(limit=2.0, action="adapt", horizon=40, beta=0.05)
     kls = []
     for step in range(200):
-        kls.append(0.2 / loss.beta)
+        kls.append(0.2 / watch.beta)
         watch.update(step, kls[-1], n=8)
     assert kls[0] == pytest.approx(4.0) and abs(kls[-1] - 2.0) < 0.02
-    assert loss.beta == pytest.approx(0.1, rel=0.01)
+    assert watch.beta == pytest.approx(0.1, rel=0.01)
 
 
 def test_warn_prints_and_carries_on(capsys):
-    loss = Loss(0.04)
-    watch = KLWatch(limit=5.0, action="warn", horizon=1e4, loss=loss, stop=None)
-    watch.update(1, 4.0, n=8)
-    watch.update(2, 6.5, n=8)
+    watch = KLWatch(limit=5.0, action="warn", horizon=1e4, beta=0.04)
+    assert watch.update(1, 4.0, n=8) is None
+    assert watch.update(2, 6.5, n=8) is None
     err = capsys.readouterr().err
     assert "kl/mean=6.5 passed algo.kl_limit=5 at step 2" in err and "step 1" not in err
-    assert loss.beta == 0.04
+    assert watch.beta == 0.04
 
 
-def test_stop_saves_first_then_raises_a_line_naming_the_kl_and_the_limit():
-    saved = []
-    watch = KLWatch(limit=5.0, action="stop", horizon=1e4, loss=Loss(0.04), stop=lambda s: saved.append(s) or f"ckpt/step_{s}")
-    watch.update(2, 4.9, n=8)
-    assert saved == []
-    with pytest.raises(KLLimitExceeded, match=r"^kl/mean=7\.25 passed algo\.kl_limit=5 at step 3; stopped \(algo\.kl_action=stop\), checkpoint in ckpt/step_3$"):
-        watch.update(3, 7.25, n=8)
-    assert saved == [3]
+def test_stop_is_a_stop_reason_naming_the_kl_and_the_limit():
+    watch = KLWatch(limit=5.0, action="stop", horizon=1e4, beta=0.04)
+    assert watch.update(2, 4.9, n=8) is None
+    stop = watch.update(3, 7.25, n=8)
+    assert stop.message == "kl/mean=7.25 passed algo.kl_limit=5 at step 3 (algo.kl_action=stop)"
+    assert stop.exit_code == 1
 
 
 def test_kl_watch_is_off_without_a_limit():
-    loss = Loss(0.04)
-    watch = KLWatch(limit=None, action="stop", horizon=1e4, loss=loss, stop=None)
-    watch.update(1, 1e6, n=8)
-    assert loss.beta == 0.04
+    watch = KLWatch(limit=None, action="stop", horizon=1e4, beta=0.04)
+    assert watch.update(1, 1e6, n=8) is None
+    assert watch.beta == 0.04
 
 
 @pytest.mark.parametrize("override,message", [
@@ -176,7 +166,7 @@ def tiny_rm(tmp_path_factory):
     """A tiny Qwen2 reward model (num_labels=1) with the tiny model's tokenizer and config."""
     from transformers import Qwen2ForSequenceClassification
 
-    from grpo_cli.tiny import build_config, build_tokenizer
+    from examples.demo.tiny import build_config, build_tokenizer
 
     tok = build_tokenizer()
     config = build_config(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
@@ -232,7 +222,7 @@ def test_reward_model_next_to_a_rule_reward_with_weights(tiny_rm):
 
 
 def _tiny_lm(seed):
-    from grpo_cli.tiny import build_model, build_tokenizer
+    from examples.demo.tiny import build_model, build_tokenizer
 
     return build_model(build_tokenizer(), seed=seed, hidden_size=16, intermediate_size=32, num_layers=1,
                        num_heads=2, num_kv_heads=1)
@@ -240,7 +230,7 @@ def _tiny_lm(seed):
 
 @pytest.mark.parametrize("alpha", [1.0, 0.25])
 def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
-    from grpo_cli.reference import ReferenceRefresh
+    from grpo_cli.algo.reference import ReferenceRefresh
 
     policy, ref = _tiny_lm(1), _tiny_lm(2)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
@@ -267,8 +257,8 @@ def test_reference_refresh_mixes_policy_into_reference_every_k_steps(alpha):
 def test_lora_gradients_reach_the_adapters_only(checkpointing):
     from omegaconf import OmegaConf
 
-    from grpo_cli.config import LoraSettings
-    from grpo_cli.lora import apply_lora, merged_weights
+    from grpo_cli.config.validate import LoraSettings
+    from grpo_cli.learner.lora import apply_lora, merged_weights
 
     model = _tiny_lm(1).train()
     if checkpointing:

@@ -12,11 +12,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_cli.checkpoint import save_checkpoint
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.sampler import VLLMSampler
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.rollout.colocated import ColocatedSampler
+from grpo_cli.state.export import save_checkpoint
 from grpo_cli.train import run
-from tests.conftest import compose
+from tests.conftest import compose, make_learner
 
 pytestmark = pytest.mark.engine
 
@@ -34,11 +34,11 @@ def test_lora_trains_adapters_only_and_the_engine_runs_the_merged_model(tiny_ove
     cfg = compose(tiny_overrides + ["model.lora.r=4", "model.lora.alpha=8", "optim.lr=5e-2", "algo.beta=0.04",
                                     "train.device=cpu"])
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    learner = Learner(cfg, total_optim_steps=10)
+    learner = make_learner(cfg, total_optim_steps=10)
     base = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model).state_dict().items()}
     trainable = [n for n, p in learner.policy.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
-    sampler = VLLMSampler(cfg.sampler, cfg.model)
+    sampler = ColocatedSampler(cfg.sampler, cfg.model)
     sampler.load_weights(learner.weights())
     ids = tok(PROMPTS, add_special_tokens=False)["input_ids"]
     g = torch.Generator().manual_seed(0)
@@ -107,7 +107,7 @@ def test_reference_refresh_every_step_makes_the_next_kl_zero(tiny_overrides, tmp
 
 
 def test_kl_watch_in_the_loop_adapts_beta_and_stops_with_a_checkpoint(tiny_overrides, tmp_path):
-    from grpo_cli.kl_control import KLLimitExceeded
+    from grpo_cli.state.stop import RunStopped
 
     cfg = compose(tiny_overrides + SIGNAL + ["algo.beta=0.04", "optim.lr=1e-2", "train.max_steps=3", "algo.kl_limit=1e-9",
                                     "algo.kl_action=adapt", "algo.kl_horizon=16", "train.device=cpu", "checkpoint.final=false"])
@@ -121,7 +121,8 @@ def test_kl_watch_in_the_loop_adapts_beta_and_stops_with_a_checkpoint(tiny_overr
 
     cfg = compose(tiny_overrides + SIGNAL + ["algo.beta=0.04", "optim.lr=1e-2", "train.max_steps=3", "algo.kl_limit=1e-9",
                                     "algo.kl_action=stop", "train.device=cpu"])
-    with pytest.raises(KLLimitExceeded, match=r"^kl/mean=\S+ passed algo.kl_limit=1e-09 at step 2; stopped"):
+    with pytest.raises(RunStopped, match=r"^stopped after step 2: kl/mean=\S+ passed algo.kl_limit=1e-09 at step 2 "
+                                         r"\(algo.kl_action=stop\); checkpoint \S+step_2; continue with"):
         run(cfg, run_dir=tmp_path / "stop")
     AutoModelForCausalLM.from_pretrained(tmp_path / "stop" / "checkpoints" / "step_2")
     assert len((tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()) == 3  # eval 0, steps 1, 2

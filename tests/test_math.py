@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from grpo_cli.advantages import group_advantages
-from grpo_cli.aggregation import ConstantNormalizer, SequenceMean, TokenMean
-from grpo_cli.correction import NoCorrection
-from grpo_cli.kl import TokenKL, kl_k3
-from grpo_cli.loss import GRPOLoss, LossInputs
-from grpo_cli.objectives import ClippedSurrogate
+from grpo_cli.algo.advantages import group_advantages
+from grpo_cli.algo.aggregation import ConstantNormalizer, SequenceMean, TokenMean
+from grpo_cli.algo.correction import NoCorrection
+from grpo_cli.algo.kl import TokenKL, kl_k3
+from grpo_cli.algo.loss import GRPOLoss, LossInputs
+from grpo_cli.algo.objectives import ClippedSurrogate
 
 
 class DefaultLoss:

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from examples.demo.arithmetic import write_jsonl
 from grpo_cli.rewards.format import Boxed
 from grpo_cli.rewards.math_answer import MathVerify, parse_gold
-from grpo_cli.tasks.arithmetic import write_jsonl
 from grpo_cli.train import run
 from tests.conftest import compose
 

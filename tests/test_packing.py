@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_cli.packing import pack_ids, plan, unpack
+from grpo_cli.learner.packing import pack_ids, plan, unpack
 
 
 def _layout(prompts, completions, pad=0):
@@ -76,7 +76,7 @@ def test_costly_attention_keeps_rows_as_narrow_as_the_longest_sequence():
 def test_packed_forward_matches_padded_forward(tiny_model, shared, attn):
     from transformers import AutoModelForCausalLM
 
-    from grpo_cli.learner import packed_mask
+    from grpo_cli.learner.learner import packed_mask
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn).eval()
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from grpo_cli.tasks.arithmetic import write_jsonl
+from examples.demo.arithmetic import write_jsonl
 from grpo_cli.train import run
 from tests.conftest import REPO, compose
 from tests.test_gsm8k_recipe import recipe_overrides, word_problems

@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.pause import CALLBACK
+
 pytestmark = pytest.mark.engine
 
 GRPO_TRAIN = [sys.executable, "-m", "grpo_cli"]
@@ -25,7 +27,7 @@ WALL_CLOCK = ("time/", "tokens_per_s")  # the only numbers allowed to differ
 def _args(tiny_overrides, run_dir: Path) -> list[str]:
     base = [o for o in tiny_overrides if not o.startswith("train.max_steps")]
     return base + [f"train.max_steps={STEPS}", "checkpoint.every=1", "logger.completions_every=1",
-                   f"hydra.run.dir={run_dir}"]
+                   f"hydra.run.dir={run_dir}", CALLBACK]
 
 
 def _env(**extra) -> dict:
@@ -44,7 +46,7 @@ def _train(args, **env) -> subprocess.CompletedProcess:
 
 
 def _kill_at(args, point: str, log: Path) -> None:
-    """Start a run that pauses at `point` (a test hook in the code), SIGKILL it there."""
+    """Start a run that pauses at `point` (tests/pause.py, a `train.callbacks` entry), SIGKILL it there."""
     with open(log, "w") as err:
         proc = subprocess.Popen(GRPO_TRAIN + args, stdout=subprocess.DEVNULL, stderr=err,
                                 env=_env(GRPO_CLI_TEST_PAUSE=point))

@@ -15,10 +15,10 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from grpo_cli.data import DataError, PromptFormatter, as_batch
 from grpo_cli.rewards import Rewards, completion_text
 from grpo_cli.rewards.gsm8k import Correctness
-from grpo_cli.sampler import Rollouts
+from grpo_cli.rollout.prompts import DataError, PromptFormatter, as_batch
+from grpo_cli.rollout.sampler import Rollouts
 from grpo_cli.train import run
 from tests.conftest import compose
 

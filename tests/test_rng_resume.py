@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grpo_cli import run_state
+from grpo_cli.state import checkpoint as run_state
 
 
 class FakeCuda:
@@ -51,7 +51,7 @@ class FakeCuda:
 
 def _learner(device: str):
     return SimpleNamespace(device=torch.device(device), state_dict=lambda: {"trainable": {}},
-                           load_state_dict=lambda sd: None)
+                           rank_state_dict=lambda: {}, load_state_dict=lambda sd, exported_weights=None: None)
 
 
 def _stream():

@@ -9,9 +9,12 @@ import time
 import pytest
 import torch
 
-from grpo_cli.learner import Learner, RolloutBatch
-from grpo_cli.rollouts import RolloutSource
-from tests.conftest import compose
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.rewards import RewardResult
+from grpo_cli.rollout.filters import ScoredGroups
+from grpo_cli.rollout.sampler import Rollouts
+from grpo_cli.rollout.source import RolloutSource, StepRollouts
+from tests.conftest import compose, make_learner
 
 
 class Stream:  # the data position only, as PromptStream keeps it
@@ -36,11 +39,22 @@ class Policy:
     def __init__(self, stream, delay=0.0):
         self.stream, self.version, self.delay, self.threads = stream, 0, delay, []
 
-    def produce(self):
+    def produce(self) -> StepRollouts:
         self.threads.append(threading.current_thread().name)
         version, prompt = self.version, self.stream.next()
         time.sleep(self.delay)
-        return prompt, prompt, {"sample": self.delay, "reward": 0.0, "version": version}
+        return _rollouts(prompt, version, self.delay)
+
+
+def _rollouts(prompt: int, version: int, sample_s: float = 0.0) -> StepRollouts:
+    """One group of one completion for prompt id `prompt`, sampled by weights `version`."""
+    r = Rollouts([[prompt]], [[prompt]], [str(prompt)], ["stop"], [[0.0]], version=version)
+    groups = ScoredGroups([str(prompt)], {}, r, RewardResult(torch.zeros(1), {}, {}), 1)
+    return StepRollouts(groups, groups, sample_s=sample_s)
+
+
+def _prompt(rollouts: StepRollouts) -> int:
+    return rollouts.trained.rollouts.prompt_ids[0][0]
 
 
 def _run(max_staleness, steps=5, delay=0.0):
@@ -49,8 +63,8 @@ def _run(max_staleness, steps=5, delay=0.0):
     source = RolloutSource(policy.produce, stream, max_staleness)
     infos = []
     for step in range(1, steps + 1):
-        prompt, _, stats = source.next(step)
-        infos.append((prompt, stats["info"]))
+        rollouts = source.next(step)
+        infos.append((_prompt(rollouts), rollouts.info))
         time.sleep(0.02)  # the learner trains on it ...
         policy.version = step  # ... and syncs the sampler
     source.close()
@@ -81,8 +95,8 @@ def test_a_rollout_older_than_max_staleness_is_discarded_and_drawn_again():
     source.next(1)  # starts drawing step 2's batch with version 0
     time.sleep(0.05)
     policy.version = 5  # the learner moved on by several steps (e.g. a long evaluation)
-    prompt, _, stats = source.next(7)  # the batch of version 0 is 6 steps old
-    assert stats["info"]["rollout/discarded"] == 1 and stats["info"]["rollout/staleness"] <= 1
+    info = source.next(7).info  # the batch of version 0 is 6 steps old
+    assert info["rollout/discarded"] == 1 and info["rollout/staleness"] <= 1
     source.close()
 
 
@@ -90,8 +104,7 @@ def test_checkpoint_position_is_before_every_batch_not_yet_trained_on():
     stream = Stream()
     policy = Policy(stream, delay=0.05)
     source = RolloutSource(policy.produce, stream, 2)
-    prompt, _, _ = source.next(1)
-    assert prompt == 1
+    assert _prompt(source.next(1)) == 1
     # Two batches (prompts 2, 3) are drawn ahead; a checkpoint must record the position after prompt 1.
     assert source.state_dict() == {"offset": 1}
     source.halt()  # a failure: the data position goes back, the drawn-ahead rollouts are dropped
@@ -119,8 +132,8 @@ def test_stale_pi_old_is_the_samplers_logprobs(tiny_overrides, is_correction):
     def trained(max_staleness):
         torch.manual_seed(0)
         cfg = compose(tiny_overrides + [f"algo.max_staleness={max_staleness}", "optim.lr=1e-2",
-                                        f"algo.is_correction._target_=grpo_cli.correction.{is_correction}"])
-        learner = Learner(cfg, total_optim_steps=1)
+                                        f"algo.is_correction._target_=grpo_cli.algo.correction.{is_correction}"])
+        learner = make_learner(cfg, total_optim_steps=1)
         prompts, completions = [[5, 6], [5, 6], [7], [7]], [[30, 31], [40, 41, 42], [3], [9, 9]]
         batch = RolloutBatch.build(prompts, completions, [[0.0] * len(c) for c in completions],
                                    torch.tensor([1.0, -1.0, 0.5, -0.5]), 0)

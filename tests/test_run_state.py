@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_cli import run_state
-from grpo_cli.config import ConfigError
-from grpo_cli.run_state import CheckpointError, RunState
+from grpo_cli.config.validate import ConfigError
+from grpo_cli.state import checkpoint as run_state
+from grpo_cli.state.checkpoint import CheckpointError, RunState
 from tests.conftest import compose
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.models import ModelLoadError, check_model
+from grpo_cli.learner.models import ModelLoadError, check_model
 from tests.conftest import compose
 
 SECRETS = {

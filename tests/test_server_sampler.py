@@ -16,9 +16,10 @@ import time
 import psutil
 import pytest
 
-from grpo_cli.server_sampler import VLLMServer
+from grpo_cli.rollout.server import VLLMServer
 from grpo_cli.train import run
 from tests.conftest import REPO, compose
+from tests.pause import CALLBACK
 
 pytestmark = pytest.mark.engine
 
@@ -87,7 +88,7 @@ def test_a_killed_server_gives_one_line_a_checkpoint_and_no_orphan(server, serve
     run_dir = tmp_path / "run"
     env = os.environ | {"PYTHONPATH": str(REPO), "GRPO_CLI_TEST_PAUSE": "learner@2", "GRPO_CLI_TEST_PAUSE_S": "3"}
     cmd = [sys.executable, "-m", "grpo_cli", *server_overrides, "train.max_steps=4", "checkpoint.every=0",
-           "sampler.request_timeout_s=60", f"hydra.run.dir={run_dir}"]
+           "sampler.request_timeout_s=60", f"hydra.run.dir={run_dir}", CALLBACK]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:

@@ -9,8 +9,8 @@ import sys
 import pytest
 from hydra.utils import get_class
 
-from grpo_cli.config import register_configs
-from grpo_cli.paths import config_dir
+from grpo_cli.config.paths import config_dir
+from grpo_cli.config.validate import register_configs
 
 
 def _compose_hydra(overrides):

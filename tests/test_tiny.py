@@ -1,4 +1,4 @@
-"""Tests for grpo_cli.tiny: character tokenizer, chat template, tiny Qwen2 build, save/load."""
+"""Tests for examples.demo.tiny: character tokenizer, chat template, tiny Qwen2 build, save/load."""
 
 import string
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from grpo_cli import tiny
+from examples.demo import tiny
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_cli(tmp_path, capsys):
 
 def test_a_real_vocab_size_keeps_characters_and_every_id_decodes():
     """gpu_check builds Qwen2.5 shapes (vocab 151,936): fillers between the characters and the specials."""
-    from grpo_cli.tiny import EOS, build_tokenizer
+    from examples.demo.tiny import EOS, build_tokenizer
 
     tok = build_tokenizer(1000)
     assert len(tok) == 1000 and tok.convert_tokens_to_ids(EOS) == 997

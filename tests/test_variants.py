@@ -13,14 +13,14 @@ import re
 import pytest
 import torch
 
-from grpo_cli.aggregation import SequenceMean, TokenMean
-from grpo_cli.config import ConfigError, validate
-from grpo_cli.correction import MaskedIS, NoCorrection, TruncatedIS
-from grpo_cli.kl import ResponseKL, TokenKL, kl_k1, kl_k2, kl_k3
-from grpo_cli.learner import RolloutBatch
-from grpo_cli.logprobs import token_logprobs
-from grpo_cli.loss import GRPOLoss, LossInputs, LossStats
-from grpo_cli.objectives import GSPO, ClippedSurrogate, DualClip
+from grpo_cli.algo.aggregation import SequenceMean, TokenMean
+from grpo_cli.algo.correction import MaskedIS, NoCorrection, TruncatedIS
+from grpo_cli.algo.kl import ResponseKL, TokenKL, kl_k1, kl_k2, kl_k3
+from grpo_cli.algo.loss import GRPOLoss, LossInputs, LossStats
+from grpo_cli.algo.objectives import GSPO, ClippedSurrogate, DualClip
+from grpo_cli.config.validate import ConfigError, validate
+from grpo_cli.learner.learner import RolloutBatch
+from grpo_cli.learner.logprobs import token_logprobs
 from tests.conftest import compose
 
 f64 = torch.float64
@@ -319,8 +319,8 @@ def test_loss_stats_sum_over_micro_batches_and_terms():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("algo.kl.estimator=k4", "algo.kl={'_target_': 'grpo_cli.kl.TokenKL', 'estimator': 'k4'} is invalid: KL estimator 'k4' is unknown: use one of k1, k2, k3"),
-    ("algo.objective._target_=grpo_cli.objectives.PPO", "algo.objective="),
+    ("algo.kl.estimator=k4", "algo.kl={'_target_': 'grpo_cli.algo.kl.TokenKL', 'estimator': 'k4'} is invalid: KL estimator 'k4' is unknown: use one of k1, k2, k3"),
+    ("algo.objective._target_=grpo_cli.algo.objectives.PPO", "algo.objective="),
     ("+algo.is_correction.clip_max=2", "algo.is_correction="),
 ])
 def test_a_bad_variant_is_a_config_error_naming_the_key(override, message):
@@ -332,8 +332,8 @@ def test_a_bad_variant_is_a_config_error_naming_the_key(override, message):
 @pytest.mark.parametrize("overrides,objective,kl,correction", [
     (["algo=grpo"], ClippedSurrogate, TokenKL, NoCorrection),
     (["algo=gspo"], GSPO, TokenKL, NoCorrection),
-    (["algo.objective._target_=grpo_cli.objectives.DualClip", "algo.kl._target_=grpo_cli.kl.ResponseKL",
-      "algo.is_correction._target_=grpo_cli.correction.MaskedIS"], DualClip, ResponseKL, MaskedIS),
+    (["algo.objective._target_=grpo_cli.algo.objectives.DualClip", "algo.kl._target_=grpo_cli.algo.kl.ResponseKL",
+      "algo.is_correction._target_=grpo_cli.algo.correction.MaskedIS"], DualClip, ResponseKL, MaskedIS),
 ])
 def test_algo_yaml_selects_the_parts(overrides, objective, kl, correction):
     cfg = compose(["model.path=/tmp", "data.path=/tmp", *overrides])

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from grpo_cli.learner import Learner, RolloutBatch
+from grpo_cli.learner.learner import Learner, RolloutBatch
 from grpo_cli.train import run
-from tests.conftest import compose
+from tests.conftest import compose, make_learner
 
 PAD = 0
 PROMPTS, COMPLETIONS = [[5, 6, 7], [8], [9, 10]], [[30, 31], [40, 41, 42], [50]]
@@ -21,7 +21,7 @@ def _batch(finish_reasons=None, advantages=(1.0, -0.5, -0.5)):
 
 
 def test_learner_entropy_is_the_entropy_of_the_sampling_distribution(tiny_overrides):
-    learner = Learner(compose(tiny_overrides + ["sampler.temperature=0.7", "algo.beta=0"]), total_optim_steps=1)
+    learner = make_learner(compose(tiny_overrides + ["sampler.temperature=0.7", "algo.beta=0"]), total_optim_steps=1)
     batch = _batch()
     logp, entropy = learner.completion_logprobs(learner.policy, batch, entropy=True)  # [3, 3] each
     assert not entropy.requires_grad  # no bonus: logged only
@@ -31,7 +31,7 @@ def test_learner_entropy_is_the_entropy_of_the_sampling_distribution(tiny_overri
             log_p = logits.log_softmax(-1)  # [len(c), V]
             assert torch.allclose(entropy[i, : len(c)], -(log_p.exp() * log_p).sum(-1), atol=1e-5), i
             assert torch.allclose(logp[i, : len(c)], logits.log_softmax(-1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1), atol=1e-5)
-    bonus = Learner(compose(tiny_overrides + ["algo.beta=0", "algo.entropy_coef=0.01"]), total_optim_steps=1)
+    bonus = make_learner(compose(tiny_overrides + ["algo.beta=0", "algo.entropy_coef=0.01"]), total_optim_steps=1)
     assert bonus.completion_logprobs(bonus.policy, batch, entropy=True)[1].requires_grad
 
 
@@ -39,7 +39,7 @@ def test_entropy_bonus_changes_the_update_and_entropy_is_logged(tiny_overrides):
     updates, metrics = [], []
     for coef in (0.0, 0.5):
         cfg = compose(tiny_overrides + ["algo.beta=0", "optim=sgd", "optim.lr=1.0", f"algo.entropy_coef={coef}"])
-        learner = Learner(cfg, total_optim_steps=1)
+        learner = make_learner(cfg, total_optim_steps=1)
         before = torch.cat([p.detach().flatten() for p in learner.policy.parameters()])
         metrics.append(learner.train_step(_batch(advantages=(0.0, 0.0, 0.0))))
         updates.append(torch.cat([p.detach().flatten() for p in learner.policy.parameters()]) - before)
@@ -51,7 +51,7 @@ def test_entropy_bonus_changes_the_update_and_entropy_is_logged(tiny_overrides):
 @pytest.mark.parametrize("mask_truncated", [True, False])
 def test_truncated_completions_contribute_no_gradient_when_masked(tiny_overrides, mask_truncated):
     cfg = compose(tiny_overrides + ["algo.beta=0", "optim=sgd", "optim.lr=1.0", f"algo.mask_truncated={mask_truncated}"])
-    learner = Learner(cfg, total_optim_steps=1)
+    learner = make_learner(cfg, total_optim_steps=1)
     metrics = learner.train_step(_batch(finish_reasons=["length"] * 3))
     if mask_truncated:
         assert metrics["grad_norm"] == 0.0 and metrics["loss"] == 0.0
@@ -67,10 +67,10 @@ def digits(prompts, completions, **_):
 @pytest.mark.engine
 def test_gspo_runs_two_steps_through_the_engine(tiny_overrides, tmp_path):
     cfg = compose(tiny_overrides + [
-        "algo=gspo", "algo.group_size=4", "algo.is_correction._target_=grpo_cli.correction.MaskedIS",
+        "algo=gspo", "algo.group_size=4", "algo.is_correction._target_=grpo_cli.algo.correction.MaskedIS",
         "+reward.funcs.digits.fn=tests.test_variants_run.digits",
     ])
-    assert cfg.algo.objective._target_ == "grpo_cli.objectives.GSPO"
+    assert cfg.algo.objective._target_ == "grpo_cli.algo.objectives.GSPO"
     run(cfg, run_dir=tmp_path)
     steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "reward/mean" in m]
@@ -104,8 +104,8 @@ def test_finish_reasons_reach_the_learner(tiny_overrides, tmp_path, monkeypatch)
 def test_every_other_loss_part_runs_through_the_engine_together(tiny_overrides, tmp_path):
     """Dual-clip + response-level k1 KL (so a reference) + token TIS + entropy bonus + truncation mask."""
     cfg = compose(tiny_overrides + [
-        "algo.objective._target_=grpo_cli.objectives.DualClip", "algo.kl._target_=grpo_cli.kl.ResponseKL",
-        "algo.kl.estimator=k1", "algo.beta=0.04", "algo.is_correction._target_=grpo_cli.correction.TruncatedIS",
+        "algo.objective._target_=grpo_cli.algo.objectives.DualClip", "algo.kl._target_=grpo_cli.algo.kl.ResponseKL",
+        "algo.kl.estimator=k1", "algo.beta=0.04", "algo.is_correction._target_=grpo_cli.algo.correction.TruncatedIS",
         "algo.entropy_coef=0.01", "algo.mask_truncated=true", "sampler.max_tokens=4",
         "+reward.funcs.digits.fn=tests.test_variants_run.digits", "checkpoint.final=false",
     ])

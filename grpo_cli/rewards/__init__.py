@@ -15,18 +15,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from grpo_cli.config import reward_spec
+from grpo_cli.config.validate import reward_spec
 from grpo_cli.errors import UserError
-
-if TYPE_CHECKING:
-    from grpo_cli.data import PromptBatch
-    from grpo_cli.sampler import Rollouts
 
 RewardFn = Callable[..., list]
 # TRL passes these as arguments of their own, never as dataset columns.
@@ -61,8 +56,10 @@ def load_reward_fn(name: str, spec) -> RewardFn:
 
 
 class Rewards:
-    def __init__(self, funcs: dict[str, tuple[RewardFn, float]], max_failures_in_a_row: int = 3):
+    def __init__(self, funcs: dict[str, tuple[RewardFn, float]], max_failures_in_a_row: int = 3,
+                 accuracy: str | None = None):
         self.funcs = funcs
+        self.accuracy = accuracy or next(iter(funcs), None)  # its 1.0 counts as correct (eval/accuracy, pass@k)
         # A reward that raises scores that call None; one that keeps raising stops the run.
         self.max_failures_in_a_row = max_failures_in_a_row
         self.failures_in_a_row = {name: 0 for name in funcs}
@@ -73,14 +70,15 @@ class Rewards:
     def from_config(cls, cfg: DictConfig) -> Rewards:
         specs = {name: reward_spec(name, entry) for name, entry in cfg.funcs.items()}
         return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()},
-                   cfg.max_failures_in_a_row)
+                   cfg.max_failures_in_a_row, cfg.accuracy)
 
     @property
     def names(self) -> list[str]:
         return list(self.funcs)
 
-    def __call__(self, batch: PromptBatch, rollouts: Rollouts) -> RewardResult:
-        """Score `rollouts` ([N]) of `batch` (its rows repeated to [N], as `PromptBatch.repeat` does)."""
+    def __call__(self, batch, rollouts) -> RewardResult:
+        """Score `rollouts` ([N], a grpo_cli.rollout.sampler.Rollouts) of `batch` (a PromptBatch whose
+        rows are repeated to [N], as `PromptBatch.repeat` does)."""
         prompts, completions = batch.reward_prompts, batch.reward_completions(rollouts.texts)
         columns = {k: v for k, v in batch.columns.items() if k not in _NOT_COLUMNS}
         columns["completion_ids"] = rollouts.completion_ids

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from grpo_cli.models import DTYPES, resolve_device
+from grpo_cli.devices import DTYPES, resolve_device
 from grpo_cli.rewards import completion_text
 
 

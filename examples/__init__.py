@@ -1,0 +1,1 @@
+"""Examples that use grpo-cli; not part of the installed package."""

@@ -1,0 +1,1 @@
+"""The typed config schema, its validation, and where the config tree lives."""

@@ -1,0 +1,1 @@
+"""Ranks and worlds: the Dist object, sharding strategies, launching N ranks."""

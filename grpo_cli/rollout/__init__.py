@@ -1,0 +1,1 @@
+"""Where training data comes from: prompts, the samplers (colocated vLLM, vLLM server), the rollout source, batch filters, evaluation."""

@@ -1,0 +1,1 @@
+"""What survives a stop: checkpoints, resume, stop reasons, the Hugging Face export."""
