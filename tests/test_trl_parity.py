@@ -237,18 +237,18 @@ CASES = {
     "two-sided clip (delta) = DualClip": (["algo=grpo", "algo.beta=0", "algo.objective._target_=grpo_cli.algo.objectives.DualClip",
                                            "+algo.objective.clip_c=1.3"], {}, {"delta": 1.3}, True),
     # delta > 1 + epsilon_high (TRL's advice), where delta is dual-clip's c
-    "gspo + delta = GSPODualClip": (["algo=gspo", "algo.epsilon=0.05", "algo.epsilon_high=null",
+    "gspo + delta = GSPODualClip": (["algo=gspo", "algo.epsilon=0.01", "algo.epsilon_high=null",
                                      "algo.objective._target_=grpo_cli.algo.objectives.GSPODualClip",
-                                     "+algo.objective.clip_c=1.1"],
-                                    {"importance_sampling_level": "sequence", "epsilon_low": 0.05, "epsilon_high": 0.05},
-                                    {"delta": 1.1}, True),
+                                     "+algo.objective.clip_c=1.02"],
+                                    {"importance_sampling_level": "sequence", "epsilon_low": 0.01, "epsilon_high": 0.01},
+                                    {"delta": 1.02}, True),
     "top-entropy mask": (["algo=grpo", "algo.beta=0", "+algo/policy_masks=top_entropy"], {"top_entropy_quantile": 0.2}, {}, True),
     "off-policy sequence mask": (["algo=grpo", "algo.beta=0", "+algo/policy_masks=off_policy",
                                   "algo.policy_masks.off_policy.delta=0.05"], {"off_policy_mask_threshold": 0.05}, {}, True),
-    "entropy bonus, token mean": (["algo=dapo", "algo.entropy_coef=0.05",
-                                   "+algo.entropy_aggregation._target_=grpo_cli.algo.aggregation.TokenMean"],
-                                  {"loss_type": "dapo", "epsilon_high": 0.28, "entropy_coef": 0.05,
-                                   "_entropy_bonus_enabled": True}, {"steps_per_generation": 1}, True),
+    "entropy bonus, token mean (dr_grpo)": (["algo=dr_grpo", "algo.entropy_coef=0.05",
+                                             "+algo.entropy_aggregation._target_=grpo_cli.algo.aggregation.TokenMean"],
+                                            {"loss_type": "dr_grpo", "entropy_coef": 0.05, "_entropy_bonus_enabled": True},
+                                            {}, True),
 }
 
 
