@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from grpo_cli.algo.advantages import group_advantages
+from grpo_cli.algo.advantages import Advantages
+from grpo_cli.algo.entropy import EntropyControl
 from grpo_cli.algo.kl_watch import KLWatch
 from grpo_cli.algo.reference import ReferenceRefresh
 from grpo_cli.learner.learner import Learner, optimiser_steps
@@ -82,14 +83,17 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     optim_steps = total_steps * optimiser_steps(cfg.train.prompts_per_step * cfg.algo.group_size,
                                                 cfg.train.optim_batch_size, cfg.algo.num_iterations)
     learner = Learner(cfg.model, cfg.algo, cfg.optim, cfg.train, cfg.sampler.temperature, cfg.seed, optim_steps, dist)
+    advantage = Advantages.from_config(cfg.algo, rewards.weights)  # rewards -> advantages (group, batch, GDPO)
     kl_watch = KLWatch.from_config(cfg.algo)  # owns beta, the KL weight of each step
+    entropy_control = EntropyControl.from_config(cfg.algo)  # owns entropy_coef (fixed, or adaptive)
     ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
     draw = Draw(stream, fmt, sampler, rewards, instantiate(cfg.algo.batch_filter), cfg.algo.group_size, dist)
     source = RolloutSource.from_config(cfg.algo, draw)  # drawn when due, or ahead (algo.max_staleness)
     cleanup.callback(source.close)
     callbacks = Callbacks.from_paths(cfg.train.callbacks)
     checkpointer = Checkpointer(cfg.checkpoint, run_dir, cfg, tokenizer, dist, callbacks, learner, source, logger,
-                                evaluator, components={"kl_watch": kl_watch, "ref_refresh": ref_refresh})
+                                evaluator, components={"kl_watch": kl_watch, "ref_refresh": ref_refresh,
+                                            "entropy_control": entropy_control})
     # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
     # the engine samples from torch's global generator.
     if resumed:
@@ -115,12 +119,11 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
         # 3. Advantages relative to the other completions of the same prompt: [n, G] -> [n*G].
         groups = rollouts.trained
-        advantages = group_advantages(groups.scores.total.view(len(groups), groups.group_size), cfg.algo.adv_eps,
-                                      cfg.algo.scale_rewards).advantages.flatten()
+        advantages = advantage(groups.scores, groups.group_size)
 
         # 4. The GRPO update: mu passes of shuffled micro-batches (none if no group is left).
-        beta = kl_watch.beta
-        learner_metrics = learner.update(groups.rollouts, advantages, beta, tokenizer.pad_token_id)
+        beta, entropy_coef = kl_watch.beta, entropy_control.coef
+        learner_metrics = learner.update(groups.rollouts, advantages, beta, tokenizer.pad_token_id, entropy_coef)
         callbacks("learner", step)
         clock.lap("learner")
 
@@ -132,10 +135,11 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
         # 6. Log; watch the KL; evaluate, checkpoint or stop when due.
         metrics = step_metrics(dist, rollouts, advantages, learner_metrics, clock,
-                               {"beta": beta, "bad_steps": learner.bad_steps.total, "epoch": stream.epoch, **events})
+                               {"beta": beta, "entropy_coef": entropy_coef, "bad_steps": learner.bad_steps.total, "epoch": stream.epoch, **events})
         logger.log(step, metrics)
         trained = metrics["filter/groups_trained"] * groups.group_size  # completions, every rank's
         stop = kl_watch.update(step, learner_metrics.get("kl/mean"), trained)
+        entropy_control.update(learner_metrics.get("entropy/mean"))
         logger.maybe_log_completions(step, groups, advantages)
         if not sync_failed:
             evaluator.maybe_run(step, total_steps)

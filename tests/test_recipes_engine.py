@@ -43,7 +43,11 @@ def test_variant_recipe_runs_two_steps(recipe, tiny_model, files, tmp_path):
             drawn = m["filter/groups_drawn"] // cfg.train.prompts_per_step
             assert 1 <= drawn <= 1 + cfg.algo.batch_filter.max_extra_draws
     if recipe == "dr_grpo_gsm8k":
-        assert cfg.algo.aggregation._target_.endswith("ConstantNormalizer") and not cfg.algo.scale_rewards
+        assert cfg.algo.aggregation._target_.endswith("ConstantNormalizer") and cfg.algo.scale_rewards == "none"
     if recipe == "gspo_gsm8k":
         assert cfg.algo.objective._target_.endswith("GSPO")
+    if recipe in ("cispo_gsm8k", "sapo_gsm8k", "vespo_gsm8k"):  # the objective the recipe names
+        assert cfg.algo.objective._target_.endswith("." + recipe.split("_")[0].upper())
+    if recipe == "luspo_gsm8k":
+        assert cfg.algo.objective._target_.endswith("GSPO") and cfg.algo.aggregation._target_.endswith("SequenceSum")
     assert (tmp_path / "checkpoints" / "final" / "config.json").exists()

@@ -60,3 +60,19 @@ def test_a_parallel_two_job_sweep_summarises_itself(tiny_overrides, tmp_path):
         assert f"mode=offline group={name} tags=['algo.beta={beta}']" in log
         assert len(list((tmp_path / "sw" / job / "wandb").glob("offline-run-*"))) == 1
         assert (tmp_path / "sw" / job / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.engine
+def test_a_sweep_over_objectives_writes_its_summary(tiny_overrides, tmp_path):
+    """`grpo-train -m algo=grpo,dapo,cispo,sapo`: one job per objective (1 step each on the tiny
+    model), the summary table names each."""
+    base = [o for o in tiny_overrides if not o.startswith("train.max_steps")]
+    args = ["-m", *base, "algo=grpo,dapo,cispo,sapo", "algo.group_size=4", "algo.beta=0", "train.max_steps=1",
+            "checkpoint.final=false", "eval.max_rows=4", f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    out = subprocess.run([sys.executable, "-m", "grpo_cli", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "sw" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["overrides"].split(",")[0], r["steps"]) for r in rows] == [
+        (f"algo={a}", "1") for a in ("grpo", "dapo", "cispo", "sapo")]
+    assert "algo=cispo" in out.stderr  # the table on the console (its width wraps the file name)

@@ -28,6 +28,15 @@ class SequenceMean:
         return mask / lengths / mask.shape[0]  # [N, T]
 
 
+class SequenceSum:
+    """Sum over each sequence's tokens, mean over sequences: a sequence's loss counts with its
+    length (LUSPO, arXiv 2602.05261, with GSPO's sequence ratio: TRL's `loss_type="luspo"`), so the
+    length bias of averaging within each sequence goes away without a constant like Dr. GRPO's."""
+
+    def weights(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask / mask.shape[0]  # [N, T]
+
+
 class TokenMean:
     """Mean over every completion token of the batch (DAPO): long answers weigh more."""
 

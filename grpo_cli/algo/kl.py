@@ -34,7 +34,8 @@ ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 class TokenKL:
-    """The penalty on each token is the estimator at that token (DeepSeekMath, TRL, verl's `kl_loss_type`)."""
+    """The penalty on each token is the estimator at that token (DeepSeekMath, verl's `kl_loss_type`;
+    TRL's KL with `use_bias_correction_kl=False`: TRL's default weights it, see RatioWeightedKL)."""
 
     def __init__(self, estimator: str = "k3"):
         if estimator not in ESTIMATORS:
@@ -59,3 +60,24 @@ class ResponseKL(TokenKL):
     def per_token(self, x: LossInputs) -> torch.Tensor:
         per_seq = (self.estimator(x.logp, x.ref_logp) * x.mask).sum(-1, keepdim=True)  # [n, 1]
         return per_seq.expand_as(x.mask)  # [n, T]
+
+
+class RatioWeightedKL(TokenKL):
+    """The unbiased KL gradient off-policy (DeepSeek-V3.2, arXiv 2512.02556; TRL's default
+    `use_bias_correction_kl=True`): the estimator times the importance ratio r = pi / pi_old, with
+    r's gradient. The tokens were sampled from pi_old, so E_old[r * k3] is KL(pi || ref) under pi and
+    its gradient is the reverse KL's. On-policy r = 1 in value but not in gradient: the term adds
+    k3 * grad log pi. `level=sequence` uses GSPO's sequence ratio (as TRL does with
+    `importance_sampling_level="sequence"`). grpo-cli's default stays `TokenKL`, DeepSeekMath's k3."""
+
+    def __init__(self, estimator: str = "k3", level: str = "token"):
+        super().__init__(estimator)
+        if level not in ("token", "sequence"):
+            raise ValueError(f"RatioWeightedKL.level={level!r} is invalid: use token or sequence")
+        self.level = level
+
+    def per_token(self, x: LossInputs) -> torch.Tensor:
+        log_ratio = x.logp - x.old_logp  # [n, T]
+        if self.level == "sequence":
+            log_ratio = (log_ratio * x.mask).sum(-1, keepdim=True) / x.mask.sum(-1, keepdim=True).clamp_min(1)  # [n, 1]
+        return self.estimator(x.logp, x.ref_logp) * torch.exp(log_ratio)  # [n, T]

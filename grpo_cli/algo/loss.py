@@ -1,14 +1,16 @@
 """The GRPO loss per token, composed of parts that `algo` selects by `_target_`:
 
-    loss_t = objective_t * w_t + beta * kl_t - entropy_coef * entropy_t
+    loss_t = objective_t * m_t * w_t + beta * kl_t - entropy_coef * entropy_t
 
 - objective (grpo_cli/algo/objectives.py): the policy term; PPO's clipped surrogate (GRPO, DAPO),
   dual-clip, or GSPO's sequence-level ratio.
+- m (grpo_cli/algo/masks.py): policy masks, 0/1 per token or sequence (top-entropy tokens,
+  off-policy sequences), by name under `algo.policy_masks`; none by default.
 - w (grpo_cli/algo/correction.py): importance weights pi_old / pi_sampler for the train/inference
   mismatch (none, truncated, masked; per token or per sequence); no gradient.
 - kl (grpo_cli/algo/kl.py): the penalty to the frozen reference, k1/k2/k3, per token or per response.
 - entropy: the policy's entropy at each completion token (always logged; a bonus when
-  `algo.entropy_coef` > 0).
+  `algo.entropy_coef` > 0, weighted as the loss is, or by `algo.entropy_aggregation` when set).
 Tokens outside the loss mask (padding, and truncated completions with `algo.mask_truncated`)
 weigh 0. The aggregation (grpo_cli/algo/aggregation.py) turns the per-token loss into one number.
 A new variant is a small class in one of those modules plus a YAML, never a branch here.
@@ -75,23 +77,30 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor, empty: float = 0.0) -> torch
 
 
 class GRPOLoss:
-    """objective * w + beta * kl - entropy_coef * entropy per token, weighted and summed."""
+    """objective * masks * w + beta * kl - entropy_coef * entropy per token, weighted and summed."""
 
     def __init__(
         self, objective: Term, kl: Term, is_correction: Term, beta: float,
-        entropy_coef: float = 0.0, mask_truncated: bool = False,
+        entropy_coef: float = 0.0, mask_truncated: bool = False, policy_masks: dict[str, Term] | None = None,
+        entropy_aggregation=None,
     ):
         self.objective, self.kl, self.is_correction = objective, kl, is_correction
         self.beta = beta  # a controller (adaptive KL) may change it between steps
-        self.entropy_coef = entropy_coef
+        self.entropy_coef = entropy_coef  # and one (adaptive entropy) this
         self.mask_truncated = mask_truncated
+        self.policy_masks = dict(policy_masks or {})
+        # How the entropy bonus is weighted: None = as the loss (`weights`); an Aggregation (e.g. TRL's
+        # token mean) = its own weights, which the learner computes over the optimiser batch.
+        self.entropy_aggregation = entropy_aggregation
 
     @classmethod
     def from_config(cls, algo) -> GRPOLoss:
         from hydra.utils import instantiate
 
+        masks = {name: instantiate(node) for name, node in algo.policy_masks.items() if node is not None}
+        bonus = instantiate(algo.entropy_aggregation) if algo.entropy_aggregation else None  # {}: the loss's
         return cls(instantiate(algo.objective), instantiate(algo.kl), instantiate(algo.is_correction),
-                   algo.beta, algo.entropy_coef, algo.mask_truncated)
+                   algo.beta, algo.entropy_coef, algo.mask_truncated, masks, bonus)
 
     @property
     def needs_entropy_grad(self) -> bool:
@@ -105,9 +114,15 @@ class GRPOLoss:
         keep = ~truncated if self.mask_truncated else torch.ones_like(truncated)  # [N]
         return completion_mask * keep.unsqueeze(-1).to(completion_mask.dtype)  # [N, T]
 
-    def __call__(self, x: LossInputs, weights: torch.Tensor) -> tuple[torch.Tensor, LossStats]:
-        """`weights` [n, T] from an Aggregation; returns the weighted sum and the stats."""
+    def __call__(self, x: LossInputs, weights: torch.Tensor,
+                 entropy_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
+        """`weights` [n, T] from an Aggregation (`entropy_weights` [n, T] from `entropy_aggregation`,
+        when set); returns the weighted sum and the stats."""
         policy, stats = self.objective(x)  # [n, T]
+        for mask in self.policy_masks.values():
+            keep, mask_stats = mask(x)  # [n, T] or [n, 1], 0/1
+            policy = policy * keep  # [n, T]
+            stats.update(mask_stats)
         w, w_stats = self.is_correction(x)  # [n, T], no grad
         stats.update(w_stats)
         per_token = policy * w  # [n, T]
@@ -115,8 +130,9 @@ class GRPOLoss:
             kl, kl_stats = self.kl(x)  # [n, T]
             per_token = per_token + self.beta * kl
             stats.update(kl_stats)
-        if x.entropy is not None:
-            per_token = per_token - self.entropy_coef * x.entropy
-            stats.update(LossStats(sums={"entropy/mean": (x.entropy.detach() * x.mask).sum()}))
         loss = (per_token * weights).sum()
+        if x.entropy is not None:
+            bonus_weights = weights if entropy_weights is None else entropy_weights  # [n, T]
+            loss = loss - self.entropy_coef * (x.entropy * bonus_weights).sum()
+            stats.update(LossStats(sums={"entropy/mean": (x.entropy.detach() * x.mask).sum()}))
         return loss, stats

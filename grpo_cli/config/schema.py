@@ -191,10 +191,18 @@ class AlgoConfig:
     """Upper clip: ratio clipped above at 1 + epsilon_high; None uses `epsilon` (DAPO's clip-higher sets e.g. 0.28)."""
     num_iterations: int = 1
     """mu: gradient passes over each batch of rollouts; > 1 computes pi_old with a no-grad forward."""
-    scale_rewards: bool = True
-    """Divide by the group's std (GRPO); false only centres rewards (Dr. GRPO)."""
+    scale_rewards: str = "group"
+    """Divide the centred rewards by the std of the group (GRPO), of the whole batch (`batch`:
+    PPO-Lite, arXiv 2508.08221; each rank's batch under train.nproc > 1) or not at all (`none`: Dr. GRPO)."""
     adv_eps: float = 1e-4
     """eps in (r - mean) / (std + eps)."""
+    adv_std_ddof: int = 0
+    """0: the population std the GRPO sources define; 1: Bessel's (n - 1), TRL's, which makes every
+    advantage sqrt((n - 1) / n) times grpo-cli's (G = 8: 0.935)."""
+    reward_aggregation: str = "sum_then_normalize"
+    """sum_then_normalize: advantages of the weighted sum of the rewards; normalize_then_sum (GDPO,
+    arXiv 2601.05242; TRL's multi_objective_aggregation): each reward normalised within its group
+    first, so one reward's scale cannot drown the others, then the sum normalised over the batch."""
     aggregation: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "grpo_cli.algo.aggregation.SequenceMean"}
     )
@@ -204,15 +212,35 @@ class AlgoConfig:
         "epsilon": "${algo.epsilon}", "epsilon_high": "${algo.epsilon_high}",
     })
     """The policy term per token: a `_target_` from grpo_cli.algo.objectives: ClippedSurrogate (GRPO),
-    DualClip (+ `clip_c`, loss capped at -c*A for A < 0) or GSPO (one clipped ratio per sequence)."""
+    DualClip (+ `clip_c`, loss capped at -c*A for A < 0), GSPO (one clipped ratio per sequence),
+    GSPOToken, GSPODualClip, CISPO (+ `clip_max`), SAPO (+ `temperature_pos`, `temperature_neg`) or
+    VESPO (+ `k_pos`, `lambda_pos`, `k_neg`, `lambda_neg`)."""
     kl: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.algo.kl.TokenKL", "estimator": "k3"})
-    """The KL penalty's form: grpo_cli.algo.kl.TokenKL (per token) or ResponseKL (the completion's sum,
-    charged to each of its tokens), with `estimator` k1, k2 or k3. Its weight is `beta`."""
+    """The KL penalty's form: grpo_cli.algo.kl.TokenKL (per token), RatioWeightedKL (times pi / pi_old,
+    TRL's default use_bias_correction_kl) or ResponseKL (the completion's sum, charged to each of its
+    tokens), with `estimator` k1, k2 or k3. Its weight is `beta`."""
     is_correction: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.algo.correction.NoCorrection"})
     """Importance weights pi_old / pi_sampler on the policy term for the sampler/learner mismatch:
     grpo_cli.algo.correction.NoCorrection, TruncatedIS or MaskedIS (`level` token|sequence, `clip_max`, `clip_min`)."""
     entropy_coef: float = 0.0
     """Entropy bonus: subtract entropy_coef * (policy entropy per token) from the loss; the entropy is logged either way."""
+    entropy_aggregation: dict[str, Any] = field(default_factory=dict)
+    """How the bonus's per-token entropy is weighted: {} = with the loss's `aggregation` weights (so
+    the bonus and the policy term trade off token for token); `+algo.entropy_aggregation._target_=grpo_cli.algo.aggregation.TokenMean`
+    = TRL's token mean, whatever the loss's aggregation."""
+    entropy_target: float | None = None
+    """Adaptive entropy coefficient (Skywork-OR1, arXiv 2505.22312; TRL's use_adaptive_entropy): after
+    each step entropy_coef moves by entropy_coef_delta towards keeping the mean entropy at this target
+    and the bonus applies only while the entropy is at or below it. null = a fixed entropy_coef."""
+    entropy_coef_delta: float = 0.005
+    """Step of the adaptive entropy coefficient per training step."""
+    entropy_coef_min: float = 0.0
+    """Lower bound of the adaptive entropy coefficient."""
+    entropy_coef_max: float = 1.0
+    """Upper bound of the adaptive entropy coefficient."""
+    policy_masks: dict[str, Any] = field(default_factory=dict)
+    """Masks of the policy term by name, each a `_target_` from grpo_cli.algo.masks (TopEntropyMask,
+    OffPolicySequenceMask); add one with `+algo/policy_masks=top_entropy` (conf/algo/policy_masks)."""
     mask_truncated: bool = False
     """Leave completions that hit `sampler.max_tokens` (finish reason `length`) out of the loss (DAPO's overlong filtering)."""
     batch_filter: dict[str, Any] = field(default_factory=lambda: {"_target_": "grpo_cli.rollout.filters.KeepAll"})

@@ -98,6 +98,15 @@ def validate(cfg: DictConfig) -> None:
         _check(a.epsilon_high >= a.epsilon, "algo.epsilon_high", a.epsilon_high, f"must be >= algo.epsilon ({a.epsilon})")
     _check(a.num_iterations >= 1, "algo.num_iterations", a.num_iterations, "must be >= 1")
     _check(a.adv_eps >= 0, "algo.adv_eps", a.adv_eps, "must be >= 0")
+    _check(a.scale_rewards in ("group", "batch", "none"), "algo.scale_rewards", a.scale_rewards,
+           "must be one of group, batch, none")
+    _check(a.adv_std_ddof in (0, 1), "algo.adv_std_ddof", a.adv_std_ddof, "must be 0 (population std) or 1 (Bessel's, TRL's)")
+    _check(a.reward_aggregation in ("sum_then_normalize", "normalize_then_sum"), "algo.reward_aggregation",
+           a.reward_aggregation, "must be sum_then_normalize or normalize_then_sum")
+    if a.entropy_target is not None:
+        _check(0 <= a.entropy_coef_min <= a.entropy_coef_max, "algo.entropy_coef_min", a.entropy_coef_min,
+               f"must be in [0, algo.entropy_coef_max ({a.entropy_coef_max})]")
+        _check(a.entropy_coef_delta > 0, "algo.entropy_coef_delta", a.entropy_coef_delta, "must be > 0")
     for key in ("objective", "kl", "is_correction"):
         _check_component(f"algo.{key}", a[key])
     _check(a.kl_action in ("warn", "stop", "adapt"), "algo.kl_action", a.kl_action, "must be one of warn, stop, adapt")

@@ -237,13 +237,17 @@ class Learner:
             out[idx.to(out.device), : mb.completion_mask.shape[1]] = self.completion_logprobs(model, mb)
         return out
 
-    def update(self, rollouts, advantages: torch.Tensor, beta: float, pad_id: int) -> dict[str, torch.Tensor]:
+    def update(self, rollouts, advantages: torch.Tensor, beta: float, pad_id: int,
+               entropy_coef: float | None = None) -> dict[str, torch.Tensor]:
         """The step's update on this rank's `rollouts` (a Rollouts, [n*G] each) with their
-        `advantages` [n*G] and the KL weight `beta`; the device has finished when it returns.
+        `advantages` [n*G], the KL weight `beta` and the entropy bonus's `entropy_coef` (None keeps
+        algo.entropy_coef); the device has finished when it returns.
 
         A rank with no group left after filtering still joins the step's collectives; with no
         group on any rank there is no update (and no metrics)."""
         self.loss_fn.beta = beta
+        if entropy_coef is not None:
+            self.loss_fn.entropy_coef = entropy_coef
         metrics = {}
         if self.dist.any(len(advantages)):
             batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs, advantages,
@@ -276,6 +280,8 @@ class Learner:
             for chunk in self.dist.steps(chunks):  # as many on every rank (some may be empty)
                 # [n_opt, T] normalised over the optimiser batch (of every rank)
                 weights = self.dist.global_weights(self.aggregation, mask[chunk.to(self.device)])
+                bonus = self.loss_fn.entropy_aggregation  # the entropy bonus's own weights, when it has them
+                bonus_weights = self.dist.global_weights(bonus, mask[chunk.to(self.device)]) if bonus else None
                 for pos in self.sharding.align(self._micro_batches(len(chunk))):
                     if pos is None:  # fsdp2: another rank has more micro-batches; a zero-gradient pass
                         (self.completion_logprobs(self.policy, self.idle).sum() * 0.0).backward()
@@ -287,7 +293,9 @@ class Learner:
                     ref = ref_logp[idx, :t] if ref_logp is not None else None
                     behaviour = mb.sampler_logp if self.old_from_sampler else old  # pi_old: [n, T]
                     inputs = LossInputs(logp, behaviour, mb.sampler_logp, ref, mb.advantages, mask[idx, :t], entropy)
-                    loss, s = self.loss_fn(inputs, weights[pos.to(self.device), :t])
+                    rows = pos.to(self.device)
+                    loss, s = self.loss_fn(inputs, weights[rows, :t],
+                                           bonus_weights[rows, :t] if bonus_weights is not None else None)
                     loss.backward()
                     loss_sum = loss_sum + loss.detach()
                     stats.add(s)

@@ -76,6 +76,10 @@ class Rewards:
     def names(self) -> list[str]:
         return list(self.funcs)
 
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: w for name, (_, w) in self.funcs.items()}
+
     def __call__(self, batch, rollouts) -> RewardResult:
         """Score `rollouts` ([N], a grpo_cli.rollout.sampler.Rollouts) of `batch` (a PromptBatch whose
         rows are repeated to [N], as `PromptBatch.repeat` does)."""
