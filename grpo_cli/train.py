@@ -76,7 +76,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
                        wandb_id=resumed.state.wandb_id if resumed else None) if dist.main else NullLogger()
     # The colocated engine or a vLLM server, seeded `sampler.seed + rank`.
     sampler = cleanup.enter_context(make_sampler(cfg.sampler, cfg.model, run_dir, cfg.train.device, dist))
-    evaluator = Evaluator(cfg.eval, eval_rows, fmt, sampler, rewards, cfg.sampler.temperature, logger, dist)
+    evaluator = Evaluator(cfg.eval, eval_rows, fmt, sampler, rewards, cfg.sampler.temperature, logger, dist, cfg.seed)
     if cfg.eval_only:
         return _evaluate_only(cfg.seed, evaluator, logger, cfg.model.path)
 
@@ -87,19 +87,22 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     kl_watch = KLWatch.from_config(cfg.algo)  # owns beta, the KL weight of each step
     entropy_control = EntropyControl.from_config(cfg.algo)  # owns entropy_coef (fixed, or adaptive)
     ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
-    draw = Draw(stream, fmt, sampler, rewards, instantiate(cfg.algo.batch_filter), cfg.algo.group_size, dist)
+    # Every rollout is seeded from (seed, step, global prompt index): the same samples on either
+    # sampler, any rank count, after a resume, in any request order (sampler.reproducible).
+    draw = Draw(stream, fmt, sampler, rewards, instantiate(cfg.algo.batch_filter), cfg.algo.group_size, dist,
+                cfg.seed)
     source = RolloutSource.from_config(cfg.algo, draw)  # drawn when due, or ahead (algo.max_staleness)
     cleanup.callback(source.close)
     callbacks = Callbacks.from_paths(cfg.train.callbacks)
     checkpointer = Checkpointer(cfg.checkpoint, run_dir, cfg, tokenizer, dist, callbacks, learner, source, logger,
-                                evaluator, components={"kl_watch": kl_watch, "ref_refresh": ref_refresh,
-                                            "entropy_control": entropy_control})
-    # Seed (or restore) every RNG only now: building the vLLM engine reseeds the global RNGs, and
-    # the engine samples from torch's global generator.
+                                evaluator, components={"kl_watch": kl_watch, "entropy_control": entropy_control,
+                                                       "ref_refresh": ref_refresh, "rewards": rewards})
+    # Seed (or restore) the global RNGs only now: building the vLLM engine reseeds them. Seeded
+    # rollouts do not use them; user rewards, dropout and sampler.reproducible=false do.
     if resumed:
-        checkpointer.restore(resumed, stream)  # weights, optimiser, data position, beta, RNGs
+        checkpointer.restore(resumed)  # weights, optimiser, data position, rollouts drawn ahead, beta, RNGs
     else:
-        set_seed(cfg.seed + dist.rank)  # python, numpy and torch RNGs (each rank's engine samples from torch's)
+        set_seed(cfg.seed + dist.rank)  # python, numpy and torch RNGs
     start = resumed.state.step if resumed else 0
     learner.synchronize()  # a resume's host-to-device copies land before the weights are read
     sampler.load_weights(learner.weights(), version=start)  # the engine starts from exactly the learner's weights
@@ -129,13 +132,15 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
         # 5. The next rollouts come from the updated policy; every algo.ref_refresh_every steps
         #    the KL reference moves to it too.
+        source.settle()  # rollouts drawn ahead finish on the weights they started with
         sync_failed = _push_weights(sampler, learner, step)
         clock.lap("sync")
         events = ref_refresh(step)
 
         # 6. Log; watch the KL; evaluate, checkpoint or stop when due.
-        metrics = step_metrics(dist, rollouts, advantages, learner_metrics, clock,
-                               {"beta": beta, "entropy_coef": entropy_coef, "bad_steps": learner.bad_steps.total, "epoch": stream.epoch, **events})
+        metrics = step_metrics(dist, rollouts, advantages, learner_metrics, clock, {
+            "beta": beta, "entropy_coef": entropy_coef, "bad_steps": learner.bad_steps.total, "epoch": stream.epoch,
+            **events})
         logger.log(step, metrics)
         trained = metrics["filter/groups_trained"] * groups.group_size  # completions, every rank's
         stop = kl_watch.update(step, learner_metrics.get("kl/mean"), trained)

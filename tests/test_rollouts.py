@@ -37,9 +37,10 @@ class Policy:
     current version, as ServerSampler.generate reads it; the test plays the learner's syncs."""
 
     def __init__(self, stream, delay=0.0):
-        self.stream, self.version, self.delay, self.threads = stream, 0, delay, []
+        self.stream, self.version, self.delay, self.threads, self.steps = stream, 0, delay, [], []
 
-    def produce(self) -> StepRollouts:
+    def produce(self, step: int) -> StepRollouts:
+        self.steps.append(step)
         self.threads.append(threading.current_thread().name)
         version, prompt = self.version, self.stream.next()
         time.sleep(self.delay)
@@ -66,6 +67,7 @@ def _run(max_staleness, steps=5, delay=0.0):
         rollouts = source.next(step)
         infos.append((_prompt(rollouts), rollouts.info))
         time.sleep(0.02)  # the learner trains on it ...
+        source.settle()  # (as the loop does: batches drawn ahead finish on the weights they started with)
         policy.version = step  # ... and syncs the sampler
     source.close()
     return infos, policy
@@ -85,6 +87,7 @@ def test_staleness_one_overlaps_and_is_never_older_than_one_step():
     assert [p for p, _ in infos] == [1, 2, 3, 4, 5]  # every prompt used once, in order
     assert all(0 <= i["rollout/staleness"] <= 1 for _, i in infos)
     assert versions == [0, 0, 1, 2, 3]  # drawn one step ahead, while the previous step trained
+    assert policy.steps == [1, 2, 3, 4, 5, 6]  # each batch drawn for (and seeded by) the step that trains on it
     assert any(name.startswith("rollouts") for name in policy.threads)
 
 
@@ -100,22 +103,56 @@ def test_a_rollout_older_than_max_staleness_is_discarded_and_drawn_again():
     source.close()
 
 
-def test_checkpoint_position_is_before_every_batch_not_yet_trained_on():
+def test_a_checkpoint_keeps_the_batches_drawn_ahead_and_a_resumed_source_hands_them_out():
     stream = Stream()
     policy = Policy(stream, delay=0.05)
     source = RolloutSource(policy.produce, stream, 2)
     assert _prompt(source.next(1)) == 1
-    # Two batches (prompts 2, 3) are drawn ahead; a checkpoint must record the position after prompt 1.
-    assert source.state_dict() == {"offset": 1}
-    source.halt()  # a failure: the data position goes back, the drawn-ahead rollouts are dropped
-    assert stream.state_dict() == {"offset": 1} and not source.pending
+    # Two batches (prompts 2, 3, for steps 2, 3) are drawn ahead: the checkpoint holds them, and the
+    # position after them. (Before: the position after prompt 1, so a resume drew 2 and 3 again from
+    # other weights than the uninterrupted run's.)
+    state = source.state_dict()
+    assert state["offset"] == 3 and [(step, before) for step, before, _ in state["ahead"]] == [(2, {"offset": 1}),
+                                                                                               (3, {"offset": 2})]
+    source.close()
+    fresh_stream = Stream()
+    policy = Policy(fresh_stream)
+    policy.version = 1  # the checkpoint's weights (step 1)
+    resumed = RolloutSource(policy.produce, fresh_stream, 2)
+    resumed.load_state_dict(state)
+    got = []
+    for step in (2, 3, 4):
+        got.append(resumed.next(step))
+        resumed.settle()
+        policy.version = step
+    assert [_prompt(r) for r in got] == [2, 3, 4]
+    assert [r.version for r in got[:2]] == [0, 0]  # the uninterrupted run's rollouts, not new ones
+    resumed.close()
+
+
+def test_a_stop_keeps_finished_batches_and_drops_a_failed_one():
+    stream = Stream()
+    calls = []
+
+    def produce(step):
+        calls.append(step)
+        prompt = stream.next()
+        if step == 3:
+            raise ConnectionError("server gone")
+        return _rollouts(prompt, 0)
+
+    source = RolloutSource(produce, stream, 2)
+    source.next(1)
+    source.settle()  # as the loop does before pushing weights
+    source.halt()  # step 2's batch is kept, step 3's (failed) dropped: the position goes back before it
+    assert stream.state_dict() == {"offset": 2} and [b.step for b in source.pending] == [2]
     source.close()
 
 
 def test_a_failed_draw_puts_the_data_position_back():
     stream = Stream()
 
-    def produce():
+    def produce(step):
         stream.next()
         raise ConnectionError("server gone")
 

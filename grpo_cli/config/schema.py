@@ -122,7 +122,12 @@ class SamplerConfig:
     enforce_eager: bool = False
     """Disable CUDA graphs / torch.compile in vLLM (faster start, slower decode)."""
     seed: int = "${seed}"  # type: ignore[assignment]
-    """Engine seed; set once per run, never per request, so the G samples of a group differ."""
+    """Engine seed (the engine's own generator; rollouts are seeded per request, see `reproducible`)."""
+    reproducible: bool = True
+    """Seed every request from (seed, step, global prompt index), so a run's samples do not depend on
+    the engine's state, the sampler kind, the rank count, resumes or request order (docs/resume.md).
+    false: requests draw from the engine's generator (only the colocated engine's single process
+    stays reproducible then, and it is no faster on the measured workload)."""
     temperature: float = 1.0
     """Sampling temperature for training rollouts."""
     top_p: float = 1.0

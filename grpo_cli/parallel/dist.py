@@ -161,7 +161,13 @@ class Dist:
 
     def share(self, rows):
         """This rank's contiguous share of a step's prompts (a datasets.Dataset of B rows): B / N."""
-        return rows if self.world == 1 else rows.shard(self.world, self.rank, contiguous=True)
+        return rows if self.world == 1 else rows.select(self.share_range(len(rows)))
+
+    def share_range(self, n: int) -> range:
+        """The positions of this rank's share among n rows (as datasets' contiguous `shard`)."""
+        size, extra = divmod(n, self.world)
+        start = size * self.rank + min(self.rank, extra)
+        return range(start, start + size + (self.rank < extra))
 
     def any(self, flag: bool) -> bool:
         return bool(self.max(torch.tensor(int(bool(flag))))) if self.world > 1 else bool(flag)

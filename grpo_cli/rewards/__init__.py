@@ -72,6 +72,14 @@ class Rewards:
         return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()},
                    cfg.max_failures_in_a_row, cfg.accuracy)
 
+    def state_dict(self) -> dict:
+        """The failure counters a checkpoint keeps: a resumed run does not give a failing reward
+        `max_failures_in_a_row` fresh calls."""
+        return {"failures_in_a_row": dict(self.failures_in_a_row)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.failures_in_a_row |= {k: v for k, v in state["failures_in_a_row"].items() if k in self.funcs}
+
     @property
     def names(self) -> list[str]:
         return list(self.funcs)

@@ -85,13 +85,14 @@ class ColocatedSampler:
         return _ENGINES[key]
 
     def generate(
-        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None
+        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None,
+        seeds: list[int] | None = None,
     ) -> Rollouts:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         c = self.cfg
-        params = SamplingParams(
+        args = dict(
             n=n,
             temperature=c.temperature if temperature is None else temperature,
             top_p=c.top_p,
@@ -99,8 +100,11 @@ class ColocatedSampler:
             max_tokens=max_tokens or c.max_tokens,
             stop=list(c.stop) or None,
             logprobs=0,  # the sampled token's log-prob only
-            # No per-request seed: the engine is seeded once, so the n samples of a group differ.
         )
+        if seeds is not None and c.reproducible:  # completion j of prompt i: seed seeds[i] + j (vLLM)
+            params = [SamplingParams(**args, seed=seed) for seed in seeds]
+        else:
+            params = SamplingParams(**args)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         r = Rollouts([], [], [], [], [], version=self.version)
         for prompt, out in zip(prompt_ids, outputs):

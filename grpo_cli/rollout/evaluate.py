@@ -9,14 +9,15 @@ import torch
 
 from grpo_cli.rewards import Rewards
 from grpo_cli.rollout.prompts import PromptBatch, as_batch
-from grpo_cli.rollout.sampler import Sampler
+from grpo_cli.rollout.sampler import Sampler, rollout_seed
 
 
 def evaluate(
     sampler: Sampler, batch: PromptBatch, prompt_ids: list[list[int]], rewards: Rewards,
-    accuracy_reward: str, pass_k: int, temperature: float, max_tokens: int | None,
+    accuracy_reward: str, pass_k: int, temperature: float, max_tokens: int | None, seeds: list[int] | None = None,
 ) -> dict[str, float]:
-    """`eval/accuracy`: share of prompts whose greedy completion scores 1.0 on `accuracy_reward`."""
+    """`eval/accuracy`: share of prompts whose greedy completion scores 1.0 on `accuracy_reward`;
+    pass@k from k samples of each prompt, drawn with `seeds` (one per prompt, `rollout_seed`)."""
     greedy = sampler.generate(prompt_ids, n=1, temperature=0.0, max_tokens=max_tokens)
     scores = rewards(batch, greedy)
     correct = scores.per_reward[accuracy_reward] == 1.0  # [P]
@@ -26,7 +27,7 @@ def evaluate(
         "eval/completion_len": greedy.num_tokens / len(greedy.completion_ids),
     }
     if pass_k > 0:
-        sampled = sampler.generate(prompt_ids, n=pass_k, temperature=temperature, max_tokens=max_tokens)
+        sampled = sampler.generate(prompt_ids, n=pass_k, temperature=temperature, max_tokens=max_tokens, seeds=seeds)
         k_scores = rewards(batch.repeat(pass_k), sampled)
         hits = (k_scores.per_reward[accuracy_reward] == 1.0).view(-1, pass_k)  # [P, k]
         out[f"eval/pass@{pass_k}"] = hits.any(-1).float().mean().item()
@@ -36,10 +37,12 @@ def evaluate(
 class Evaluator:
     """Held-out evaluation of the run: `rows` None means none (every call returns {})."""
 
-    def __init__(self, cfg, rows, fmt, sampler: Sampler, rewards: Rewards, temperature: float, logger, dist):
+    def __init__(self, cfg, rows, fmt, sampler: Sampler, rewards: Rewards, temperature: float, logger, dist,
+                 seed: int = 0):
         self.cfg, self.sampler, self.rewards, self.temperature = cfg, sampler, rewards, temperature
-        self.logger, self.dist = logger, dist
-        self.batch = as_batch(dist.share(rows), fmt) if rows is not None else None  # this rank's share
+        self.logger, self.dist, self.seed = logger, dist, seed
+        share = dist.share_range(len(rows)) if rows is not None else []  # this rank's share, by global index
+        self.batch = as_batch(rows.select(share), fmt, list(share)) if rows is not None else None
         self.prompt_ids = fmt.encode(self.batch.prompts) if rows is not None else []
         self.first: dict[str, float] = {}  # the evaluation before training (kept by checkpoints)
         self.last: dict[str, float] = {}
@@ -48,8 +51,10 @@ class Evaluator:
         """Evaluate now and log it at `step`."""
         if self.batch is None:
             return {}
+        # pass@k samples seeded as rollouts are, from (seed, step, the row's global index).
+        seeds = [rollout_seed(self.seed, step, i, evaluation=True) for i in self.batch.index]
         metrics = evaluate(self.sampler, self.batch, self.prompt_ids, self.rewards, self.rewards.accuracy,
-                           self.cfg.pass_k, self.temperature, self.cfg.max_tokens) if self.prompt_ids else {}
+                           self.cfg.pass_k, self.temperature, self.cfg.max_tokens, seeds) if self.prompt_ids else {}
         metrics = self.dist.mean(metrics, len(self.prompt_ids))  # every rank's, weighted by its rows
         self.logger.log(step, metrics)
         return metrics

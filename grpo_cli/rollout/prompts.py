@@ -192,11 +192,12 @@ class PromptBatch:
     columns: dict[str, list]  # every dataset column, each [B], passed to the rewards
     conversational: bool = False  # the prompt column holds chat messages (TRL's conversational format)
     prompt_column: str = "prompt"
+    index: list[int] | None = None  # [B] each row's global index among the step's prompts (its sampling seed)
 
     def repeat(self, n: int) -> PromptBatch:
         """Each row n times in a row (prompt-major, like Rollouts: completion j of row i is at i * n + j)."""
         return PromptBatch(_repeat(self.prompts, n), {k: _repeat(v, n) for k, v in self.columns.items()},
-                           self.conversational, self.prompt_column)
+                           self.conversational, self.prompt_column, self.index and _repeat(self.index, n))
 
     @property
     def reward_prompts(self) -> list:
@@ -210,12 +211,13 @@ class PromptBatch:
         return [[{"role": "assistant", "content": t}] for t in texts] if self.conversational else texts
 
 
-def as_batch(table: datasets.Dataset, format_prompt: PromptFormatter) -> PromptBatch:
+def as_batch(table: datasets.Dataset, format_prompt: PromptFormatter, index: list[int] | None = None) -> PromptBatch:
+    """`index`: each row's global index among the step's prompts (every rank's share counted)."""
     rows = table.to_list()
     column = format_prompt.cfg.prompt_column
     conversational = bool(rows) and isinstance(rows[0][column], list)
     return PromptBatch([format_prompt(r) for r in rows], {c: table[c] for c in table.column_names},
-                       conversational, column)
+                       conversational, column, index)
 
 
 class PromptStream:

@@ -7,6 +7,7 @@ grpo_cli/rollout/engines.py picks one from `sampler.kind`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +43,25 @@ def truncated(finish_reasons: list[str]) -> list[bool]:
     return [r == "length" for r in finish_reasons]
 
 
+MAX_N = 4096  # completions of one request: each prompt's seed is this far from the next one's
+
+
+def rollout_seed(run_seed: int, step: int, index: int, evaluation: bool = False) -> int:
+    """The `SamplingParams.seed` of prompt `index` (its global index among the step's draws: every
+    rank's share and every re-draw of the batch filter counted) at `step`: a function of the run's
+    seed and the rollout's identity only, never of engine state or request arrival order.
+
+    vLLM gives completion j of a seeded request the seed `seed + j` (v1/engine/parallel_sampling.py),
+    so the seeds are MAX_N apart and a group's completions never share one. Distinct (step, index,
+    evaluation) of one run give distinct seeds (the key is XORed with a hash of the run seed: a
+    bijection), below 2**63 (vLLM's and torch's limit)."""
+    if not (0 <= index < 2**20 and 0 <= step < 2**30):
+        raise ValueError(f"rollout_seed: step {step} or prompt index {index} out of range")
+    key = (step << 21) | (int(evaluation) << 20) | index
+    mix = int.from_bytes(hashlib.blake2b(str(run_seed).encode(), digest_size=8).digest(), "little")
+    return ((key ^ mix) & (2**51 - 1)) * MAX_N
+
+
 class SamplerError(UserError):
     """The sampler failed: a vLLM server that died or hung, or a setting this engine cannot take."""
 
@@ -52,8 +72,10 @@ class Sampler(Protocol):
     version: int  # the learner step whose weights it holds
 
     def generate(self, prompt_ids: list[list[int]], n: int, temperature: float | None = None,
-                 max_tokens: int | None = None) -> Rollouts:
-        """n completions of each prompt, prompt-major."""
+                 max_tokens: int | None = None, seeds: list[int] | None = None) -> Rollouts:
+        """n completions of each prompt, prompt-major. `seeds` (one per prompt, `rollout_seed`):
+        completion j of prompt i is drawn with seed `seeds[i] + j`; None draws from the engine's
+        generator (what `sampler.reproducible=false` does)."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """The learner's weights, by transformers' names, as the engine's new weights."""

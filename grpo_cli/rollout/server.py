@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,6 +49,7 @@ from grpo_cli.devices import resolve_device
 from grpo_cli.rollout.sampler import Rollouts, SamplerError
 
 SERVER_LOG = "vllm_server.log"
+_MAX_IN_FLIGHT = 64  # seeded rollouts: HTTP requests (one per prompt) in flight at once
 
 
 def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when grpo-cli dies, even by SIGKILL
@@ -235,6 +237,9 @@ class ServerSampler:
         self.server = None if cfg.url else VLLMServer(cfg, model_cfg, Path(run_dir) / SERVER_LOG, kind)
         self.url = (cfg.url or self.server.url).rstrip("/")
         self.http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=_MAX_IN_FLIGHT)  # one connection per request in flight
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
         self.sync = None
         try:
             self.model = self._get("/v1/models")["data"][0]["id"]
@@ -275,7 +280,8 @@ class ServerSampler:
 
     # --- the sampler interface ------------------------------------------------------------------
     def generate(
-        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None
+        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None,
+        seeds: list[int] | None = None,
     ) -> Rollouts:
         c = self.cfg
         body = {
@@ -285,11 +291,18 @@ class ServerSampler:
             "stop": list(c.stop) or None,
             "logprobs": 0,  # the sampled token's log-prob only
             "return_token_ids": True,
-            # No per-request seed: the server is seeded once, so the n samples of a group differ.
         }
         with self.lock:
             version = self.version
-            choices = sorted(self._post("/v1/completions", body)["choices"], key=lambda ch: ch["index"])
+            if seeds is None or not c.reproducible:  # one request: the server's generator
+                choices = sorted(self._post("/v1/completions", body)["choices"], key=lambda ch: ch["index"])
+            else:  # one request per prompt (a request has one seed), all in flight at once: the server batches them
+                def one(i: int) -> list[dict]:
+                    got = self._post("/v1/completions", body | {"prompt": [prompt_ids[i]], "seed": seeds[i]})
+                    return sorted(got["choices"], key=lambda ch: ch["index"])
+
+                with ThreadPoolExecutor(min(len(prompt_ids), _MAX_IN_FLIGHT) or 1) as pool:
+                    choices = [ch for group in pool.map(one, range(len(prompt_ids))) for ch in group]
         r = Rollouts([], [], [], [], [], version=version)
         for i, ch in enumerate(choices):  # choice index = prompt index * n + sample index
             r.prompt_ids.append(prompt_ids[i // n])

@@ -10,9 +10,17 @@ sampler's log-probs (the policy that really sampled), or, with an importance-sam
 (`algo.is_correction`), keeps its own log-probs as pi_old and lets the correction weigh
 pi_old / pi_sampler, which then covers the staleness as well as the sampler/learner mismatch.
 
-Checkpoints never lose rollouts silently: a checkpoint records the data position before every
-batch that has not been trained on yet, so after a resume those prompts are drawn again (from the
-resumed weights); the rollouts that were in flight are dropped.
+Every rollout is drawn with a per-request seed, a function of (run seed, step, global prompt
+index) (`rollout_seed`), and a batch drawn ahead for step t always samples from the weights of step
+max(0, t - 1 - k): the loop calls `settle()` before it pushes new weights, so every batch drawn
+ahead has finished with the weights it started on. Which weights sampled a batch, and with which
+random numbers, is then a function of its step, never of thread timing.
+
+Checkpoints keep the batches drawn ahead: a checkpoint holds their rollouts (drawn, scored, not yet
+trained on) and the data position after them, so a resumed run trains on exactly what the
+uninterrupted one did. A batch that failed, or was cut short by a stop, is not kept: the data
+position goes back to before it, and after a resume its prompts are drawn again (same seeds, but
+from the resumed weights).
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from grpo_cli.rollout.filters import ScoredGroups
 from grpo_cli.rollout.prompts import as_batch
+from grpo_cli.rollout.sampler import rollout_seed
 
 
 @dataclass
@@ -44,30 +53,37 @@ class StepRollouts:
         return self.drawn.rollouts.version
 
 
-# produce(): one step's rollouts, drawn from the sampler's current weights.
-Produce = Callable[[], StepRollouts]
+# produce(step): one step's rollouts, drawn from the sampler's current weights.
+Produce = Callable[[int], StepRollouts]
 
 
 class Draw:
     """Produces one step's rollouts: this rank's B / N prompts from the stream, G completions each
     from the sampler's current weights, scored; the batch filter picks the groups to train on,
-    drawing more if it must."""
+    drawing more if it must. Prompt i of the step's draws (every rank's share and every re-draw
+    counted) is sampled with seed `rollout_seed(seed, step, i)`."""
 
-    def __init__(self, stream, fmt, sampler, rewards, batch_filter, group_size: int, dist):
+    def __init__(self, stream, fmt, sampler, rewards, batch_filter, group_size: int, dist, seed: int):
         self.stream, self.fmt, self.sampler, self.rewards = stream, fmt, sampler, rewards
-        self.batch_filter, self.group_size, self.dist = batch_filter, group_size, dist
+        self.batch_filter, self.group_size, self.dist, self.seed = batch_filter, group_size, dist, seed
         self.sample_s = self.reward_s = 0.0
+        self.step, self.drawn = 0, 0  # the step being drawn, and how many prompts (all ranks') it drew so far
 
-    def __call__(self) -> StepRollouts:
+    def __call__(self, step: int) -> StepRollouts:
         self.sample_s = self.reward_s = 0.0
+        self.step, self.drawn = step, 0
         drawn, trained = self.batch_filter(self.groups)
         return StepRollouts(drawn, trained, self.sample_s, self.reward_s)
 
     def groups(self) -> ScoredGroups:
         """B more prompts (this rank's share), G completions each, scored as TRL scores them."""
         t0 = time.perf_counter()
-        batch = as_batch(self.dist.share(self.stream.next()), self.fmt)
-        rollouts = self.sampler.generate(self.fmt.encode(batch.prompts), n=self.group_size)
+        rows = self.stream.next()  # [B], every rank's
+        share = self.dist.share_range(len(rows))
+        batch = as_batch(rows.select(share), self.fmt, [self.drawn + i for i in share])
+        self.drawn += len(rows)
+        seeds = [rollout_seed(self.seed, self.step, i) for i in batch.index]
+        rollouts = self.sampler.generate(self.fmt.encode(batch.prompts), n=self.group_size, seeds=seeds)
         t1 = time.perf_counter()
         group = batch.repeat(self.group_size)  # each prompt's row once per completion: [B*G]
         scores = self.rewards(group, rollouts)
@@ -76,12 +92,20 @@ class Draw:
 
 
 class _Batch:
-    """One step's rollouts on their way: the data position before them, and the future result."""
+    """One step's rollouts on their way: the step they are for, the data position before them, and
+    the future result."""
 
-    def __init__(self):
+    def __init__(self, step: int):
+        self.step = step
         self.before: dict | None = None
         self.started = threading.Event()
         self.future: Future | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Drawn and scored without an error."""
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None
 
 
 class RolloutSource:
@@ -99,7 +123,7 @@ class RolloutSource:
         t0, discarded = time.perf_counter(), 0
         while True:
             if not self.pending:
-                self._start()
+                self._start(step)
             batch = self.pending.popleft()
             try:
                 rollouts = batch.future.result()
@@ -112,13 +136,18 @@ class RolloutSource:
                 break
             discarded += 1  # sampled with weights more than max_staleness steps old: draw again
         while self.pool is not None and len(self.pending) < self.max_staleness:
-            self._start()  # the next steps' rollouts, drawn while the learner trains on these
+            self._start(step + len(self.pending) + 1)  # the next steps' rollouts, drawn while the learner trains
         rollouts.info = {"rollout/version": rollouts.version, "rollout/staleness": staleness,
                          "rollout/discarded": discarded, "time/rollout_wait_s": time.perf_counter() - t0}
         return rollouts
 
-    def _start(self) -> None:
-        batch = _Batch()
+    def settle(self) -> None:
+        """Wait until every batch drawn ahead has finished (errors surface in `next`); the loop calls
+        it before pushing new weights, so a batch drawn ahead never mixes two weight versions."""
+        wait([b.future for b in self.pending])
+
+    def _start(self, step: int) -> None:
+        batch = _Batch(step)
         if self.pool is not None:
             batch.future = self.pool.submit(self._draw, batch)
         else:  # on-policy: draw now, in this thread
@@ -132,26 +161,42 @@ class RolloutSource:
     def _draw(self, batch: _Batch) -> StepRollouts:
         batch.before = self.stream.state_dict()
         batch.started.set()
-        return self.produce()
+        return self.produce(batch.step)
 
     def halt(self) -> None:
-        """Stop drawing ahead and put the data position back to before the oldest batch not yet
-        trained on (its rollouts are dropped): what a checkpoint taken now must record."""
+        """Stop drawing ahead. Batches drawn and scored are kept (a checkpoint saves them); from the
+        first one that failed or was cut short on, they are dropped and the data position goes back
+        to before it."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)  # HTTP timeouts bound the wait
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts")
-        if self.pending and self.pending[0].started.is_set():  # one thread, oldest first: none later started
-            self.stream.load_state_dict(self.pending[0].before)
-        self.pending.clear()
+        self._drop_unfinished()
+
+    def _drop_unfinished(self) -> None:
+        kept = 0
+        while kept < len(self.pending) and self.pending[kept].ready:
+            kept += 1
+        dropped = list(self.pending)[kept:]
+        if dropped and dropped[0].started.is_set():  # one thread, oldest first: none later started
+            self.stream.load_state_dict(dropped[0].before)
+        self.pending = deque(list(self.pending)[:kept])
 
     def state_dict(self) -> dict:
-        """The data position a checkpoint records: before every batch not yet trained on."""
-        if not self.pending:
-            return self.stream.state_dict()
-        first = self.pending[0]  # the oldest runs first: it has started, or is about to
-        while not first.started.wait(0.1) and not first.future.done():
-            pass
-        return dict(first.before) if first.started.is_set() else self.stream.state_dict()
+        """What a checkpoint records: the batches drawn ahead (their rollouts) and the data position
+        after them; or, from one that failed, the position before it (its prompts are drawn again)."""
+        self.settle()
+        self._drop_unfinished()
+        return {**self.stream.state_dict(), "ahead": [(b.step, b.before, b.future.result()) for b in self.pending]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self.pending.clear()
+        for step, before, rollouts in state.get("ahead", []):
+            batch = _Batch(step)
+            batch.before, batch.future = before, Future()
+            batch.started.set()
+            batch.future.set_result(rollouts)
+            self.pending.append(batch)
 
     def close(self) -> None:
         if self.pool is not None:

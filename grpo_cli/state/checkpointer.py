@@ -44,9 +44,9 @@ class Checkpointer:
     """Writes `RUN_DIR/checkpoints/step_N` every `checkpoint.every` steps, `final` at the end, and
     the checkpoint of the last completed step when the run stops early.
 
-    `parts`: what a checkpoint captures: the learner, the rollout source (the data position before
-    every batch not trained on yet), the logger (W&B id, log sizes), the evaluator (the first
-    evaluation) and the loop's other stateful components by name (`state_dict` / `load_state_dict`).
+    `parts`: what a checkpoint captures: the learner, the rollout source (the batches drawn ahead, not
+    trained on yet, and the data position after them), the logger (W&B id, log sizes), the evaluator (the first
+    evaluation) and the loop's other stateful components by name (KL watch, reference refresh, the rewards' failure counters) (`state_dict` / `load_state_dict`).
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, run_config: DictConfig, tokenizer, dist, callbacks,
@@ -56,9 +56,10 @@ class Checkpointer:
         self.learner, self.source, self.logger, self.evaluator = learner, source, logger, evaluator
         self.components = components
 
-    def restore(self, resumed: Resumed, stream) -> None:
-        """Weights, optimiser, data position, components and RNGs as the checkpoint left them."""
-        checkpoint.restore(resumed.state, resumed.directory, self.learner, stream, self.components)
+    def restore(self, resumed: Resumed) -> None:
+        """Weights, optimiser, data position (and rollouts drawn ahead), components and RNGs as the
+        checkpoint left them."""
+        checkpoint.restore(resumed.state, resumed.directory, self.learner, self.source, self.components)
 
     def save(self, step: int, name: str | None = None) -> Path:
         snapshot = checkpoint.capture(step, self.learner, self.source, self.logger, self.evaluator.first,
@@ -78,7 +79,7 @@ class Checkpointer:
     def stop(self, step: int, reason: StopReason) -> NoReturn:
         """The one stop path: the checkpoint of `step` (the last completed one), the logs closed,
         then `RunStopped` with the line that says why and how to continue."""
-        self.source.halt()  # drawing ahead stops; the data position goes back before untrained batches
+        self.source.halt()  # drawing ahead stops; batches not finished are dropped, their prompts drawn again
         saved = self.save(step)
         self.logger.close()
         raise RunStopped(f"stopped after step {step}: {reason.message}; checkpoint {saved}; "
