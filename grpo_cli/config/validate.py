@@ -8,8 +8,11 @@ Hydra creates the run directory, so a bad value leaves nothing on disk.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +86,43 @@ def _check_target(key: str, node: Any) -> None:
         _check(False, f"{key}._target_", target, f"cannot be imported ({msg})")
 
 
+def _schema_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key the schema knows, e.g. `train.max_steps` (open dicts end their branch)."""
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(hint):
+            keys += _schema_keys(hint, f"{prefix}{name}.")
+    return keys
+
+
+def _check_known_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Refuse a key the schema does not know, however it got there (`+train.max_step=2` passes
+    Hydra's own check): a typo would otherwise be silently ignored. Open dicts (`reward.funcs`'
+    names, `engine_kwargs`, the kwargs of `_target_` nodes) stay open; each reward is a RewardSpec."""
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if not prefix and key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if key not in hints:
+            # the closest keys beside it first, then anywhere (`+max_steps=3` -> train.max_steps)
+            close = [prefix + k for k in difflib.get_close_matches(str(key), list(hints), n=3, cutoff=0.6)] or [
+                k for k in _schema_keys(Config) if difflib.get_close_matches(str(key), [k.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
+            near = f"did you mean {' or '.join(close)}?" if close else f"the keys of {prefix[:-1] or 'the config'} are {', '.join(hints)}"
+            raise ConfigError(f"{full} is not a config key: {near}")
+        value = node._get_node(key)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, DictConfig):
+            _check_known_keys(value, hints[key], full + ".")
+        elif full == "reward.funcs" and isinstance(value, DictConfig):
+            for name, entry in value.items():
+                if isinstance(entry, DictConfig):
+                    _check_known_keys(entry, RewardSpec, f"{full}.{name}.")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on a missing mandatory value or the first out-of-range value."""
+    """Raise ConfigError on an unknown key, a missing mandatory value or the first out-of-range value."""
+    _check_known_keys(cfg, Config)
     # Only our own nodes: hydra.* holds interpolations that resolve only inside a job.
     missing = sorted(m for k, v in cfg.items() if k != "hydra" and isinstance(v, DictConfig)
                      for m in OmegaConf.missing_keys(v))
