@@ -116,7 +116,7 @@ def test_cfg_job_prints_the_composed_recipe_from_any_directory(tmp_path):
 
 # One bad input per row: (override, text the single error line must contain).
 BAD_INPUTS = [
-    ("algo.grop_size=4", "Key 'grop_size' not in 'AlgoConfig'"),
+    ("algo.grop_size=4", "algo.grop_size is not a config key: did you mean algo.group_size?"),
     ("algo.group_size=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     ("algo.group_size=1", "algo.group_size=1 is invalid: must be >= 2"),
     ("algo.beta=-0.1", "algo.beta=-0.1 is invalid: must be >= 0"),
@@ -127,8 +127,8 @@ BAD_INPUTS = [
     ("sampler.temperature=0", "sampler.temperature=0.0 is invalid: must be > 0"),
     ("model.dtype=fp8", "model.dtype='fp8' is invalid: must be one of float32, bfloat16, float16"),
     ("logger.wandb_mode=loud", "logger.wandb_mode='loud' is invalid"),
-    ("+recipe=nope", "Could not find 'recipe/nope'"),
-    ("model=nope", "Could not find 'model/nope'"),
+    ("+recipe=nope", "recipe=nope: no such option; recipe options: "),
+    ("model=nope", "model=nope: no such option; model options: "),
     ("model.path=/no/such/model", "model.path='/no/such/model' is invalid: no such file or directory"),
     ("data.path=./missing.jsonl", "data.path='./missing.jsonl' is invalid: no such file or directory"),
     ("algo.max_staleness=1", "algo.max_staleness=1 is invalid: needs sampler.kind=server"),

@@ -49,6 +49,14 @@ def prepare(cache: Path = CACHE, sft_steps: int = SFT_STEPS) -> dict[str, Path]:
     return {"model": sft, "train": train, "eval": held_out}
 
 
+def next_commands(paths: dict[str, Path], venv: str = ".venv") -> str:
+    """What to type after `make demo`, with this demo's real paths (the CLI is in the venv, not on PATH)."""
+    data = f"model.path={paths['model']} data.path={paths['train']} data.eval_path={paths['eval']}"
+    return (f"try it yourself (or `source {venv}/bin/activate`, then plain grpo-train):\n"
+            f"  {venv}/bin/grpo-train +recipe=demo {data} train.max_steps=20 hydra.run.dir=outputs/try\n"
+            f"  {venv}/bin/grpo-eval +recipe=demo {data} model.path=outputs/try/checkpoints/final")
+
+
 def main(argv: list[str] | None = None) -> None:
     paths = prepare()
     run_dir = Path("outputs/demo") / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     before, after = evals[0]["eval/accuracy"], evals[-1]["eval/accuracy"]
     print(f"\nheld-out greedy accuracy: {before:.1%} -> {after:.1%} ({100 * (after - before):+.1f} points) "
           f"in {elapsed:.0f} s of training (engine start included); run dir: {run_dir}")
+    print("\n" + next_commands(paths))
 
 
 if __name__ == "__main__":

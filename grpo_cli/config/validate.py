@@ -8,8 +8,11 @@ Hydra creates the run directory, so a bad value leaves nothing on disk.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +86,71 @@ def _check_target(key: str, node: Any) -> None:
         _check(False, f"{key}._target_", target, f"cannot be imported ({msg})")
 
 
+def _schema_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key the schema knows, e.g. `train.max_steps` (open dicts end their branch)."""
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(hint):
+            keys += _schema_keys(hint, f"{prefix}{name}.")
+    return keys
+
+
+def unknown_key_message(full: str, siblings: list[str] | None = None) -> str:
+    """`train.max_step is not a config key: did you mean train.max_steps?` (the closest keys beside
+    it first, then anywhere: `max_steps` -> train.max_steps)."""
+    prefix, _, key = full.rpartition(".")
+    prefix = prefix + "." if prefix else ""
+    if siblings is None:
+        known = _schema_keys(Config)
+        siblings = [k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):]]
+    close = [prefix + k for k in difflib.get_close_matches(key, siblings, n=3, cutoff=0.6)] or [
+        k for k in _schema_keys(Config) if difflib.get_close_matches(key, [k.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
+    near = f"did you mean {' or '.join(close)}?" if close else f"the keys of {prefix[:-1] or 'the config'} are {', '.join(siblings)}"
+    return f"{full} is not a config key: {near}"
+
+
+def _check_known_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Refuse a key the schema does not know, however it got there (`+train.max_step=2` passes
+    Hydra's own check): a typo would otherwise be silently ignored. Open dicts (`reward.funcs`'
+    names, `engine_kwargs`, the kwargs of `_target_` nodes) stay open; each reward is a RewardSpec."""
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if not prefix and key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(unknown_key_message(full, list(hints)))
+        value = node._get_node(key)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, DictConfig):
+            _check_known_keys(value, hints[key], full + ".")
+        elif full == "reward.funcs" and isinstance(value, DictConfig):
+            for name, entry in value.items():
+                if isinstance(entry, DictConfig):
+                    _check_known_keys(entry, RewardSpec, f"{full}.{name}.")
+
+
+def _check_callable(key: str, path: str) -> None:
+    """A reward named by dotted path must import: a typo is one line naming what the module has."""
+    import importlib
+
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except Exception as err:
+        _check(False, key, path, f"cannot import {module_name} ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+               + ("; a module in this directory needs PYTHONPATH=." if isinstance(err, ModuleNotFoundError) else ""))
+    _check(module is not None, key, path, "must be a dotted path, module.function")
+    if not callable(getattr(module, attr, None)):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(attr, names, n=3)
+        _check(False, key, path, f"{module_name} has no {attr}" + (
+            f"; did you mean {' or '.join(f'{module_name}.{c}' for c in close)}?" if close else f"; it has {', '.join(names)}"))
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on a missing mandatory value or the first out-of-range value."""
+    """Raise ConfigError on an unknown key, a missing mandatory value or the first out-of-range value."""
+    _check_known_keys(cfg, Config)
     # Only our own nodes: hydra.* holds interpolations that resolve only inside a job.
     missing = sorted(m for k, v in cfg.items() if k != "hydra" and isinstance(v, DictConfig)
                      for m in OmegaConf.missing_keys(v))
@@ -189,7 +255,11 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.eval.pass_k >= 0, "eval.pass_k", cfg.eval.pass_k, "must be >= 0")
     _check(len(cfg.reward.funcs) > 0, "reward.funcs", "{}", "needs at least one reward")
     for name, entry in cfg.reward.funcs.items():
-        reward_spec(name, entry)
+        spec = reward_spec(name, entry)
+        if isinstance(spec.fn, str):
+            _check_callable(f"reward.funcs.{name}.fn", spec.fn)
+        else:
+            _check_target(f"reward.funcs.{name}.fn", spec.fn)
     if cfg.reward.accuracy is not None:
         _check(cfg.reward.accuracy in cfg.reward.funcs, "reward.accuracy", cfg.reward.accuracy, f"must name one of reward.funcs: {', '.join(cfg.reward.funcs)}")
     _check_source("model.path", cfg.model.path)

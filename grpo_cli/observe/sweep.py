@@ -131,11 +131,13 @@ class SweepSummary(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     """`grpo-summary SWEEP_DIR`: the sweep's table again (and summary.csv rewritten)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: grpo-summary SWEEP_DIR", file=sys.stderr)
-        sys.exit(2)
-    sweep_dir = Path(args[0])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="grpo-summary", description=(
+        "Print a finished sweep's table again (each job's overrides, final train reward, final eval "
+        "accuracy, KL, wall time) and rewrite SWEEP_DIR/summary.csv."))
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep's directory, multirun/DATE/TIME")
+    sweep_dir = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).sweep_dir)
     try:
         rows = summarise(sweep_dir)
     except FileNotFoundError as err:
