@@ -127,3 +127,20 @@ def test_yaml_and_bash_blocks_compose(tmp_path, monkeypatch):
                 _validate(job, [])
             except Exception as err:
                 pytest.fail(f"README command {' '.join(argv)}: {type(err).__name__}: {err}")
+
+
+def _table_options(group: str) -> set[str]:
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{group}` |"))
+    return set(re.findall(r"`([^`]+)`", row.split("|")[2]))
+
+
+def test_config_groups_table_lists_every_option():
+    for folder in sorted(p for p in (REPO / "conf").rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
+        group = folder.relative_to(REPO / "conf").as_posix()
+        options = {p.stem for p in folder.glob("*.yaml")}
+        assert options <= _table_options(group), f"README's config-groups table misses {group}: {options - _table_options(group)}"
+
+
+def test_readme_and_docs_point_at_no_file_users_lack():
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        assert "shared/" not in path.read_text(), f"{path.name} points at shared/, which is not in the repository"
