@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from grpo_cli.config.paths import config_dir
@@ -89,8 +89,34 @@ def _one_line(err: Exception) -> str:
     return ": ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [type(err).__name__])[0]
 
 
+def _help(argv: list[str]) -> None:
+    """After Hydra's header and groups: every option with its value for this command and its meaning."""
+    from grpo_cli.config.describe import describe
+    from grpo_cli.config.validate import compose
+    from grpo_cli.state.checkpoint import RESUMABLE
+
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
+    try:
+        cfg = compose(overrides) if "--config-dir" not in argv else None
+    except Exception:  # a bad override: the schema's defaults still explain every key
+        cfg = None
+    print("== Options ==")
+    print("Override any of them (key=value); values shown are what this command would run.\n")
+    print("\n".join(describe(cfg)))
+    print(f"\nA resumed run (resume=RUN_DIR) may change only: {', '.join(RESUMABLE[1:])}.\n")
+    print(OmegaConf.load(config_dir() / "config.yaml").hydra.help.footer.rstrip())
+
+
 def _main(argv: list[str]) -> None:
     """Run Hydra; a mistake it catches before our code runs becomes one `grpo-train: error:` line."""
+    if "--help" in argv or "-h" in argv:
+        try:
+            _run()  # Hydra's header and config groups (conf/config.yaml's help template); it exits
+        except SystemExit as done:
+            if done.code:
+                raise
+        _help(argv)
+        return
     if any(a.replace(" ", "") == "hydra/launcher=slurm" for a in argv) and shutil.which("srun") is None:
         print("grpo-train: error: hydra/launcher=slurm: not on a SLURM cluster: srun not found", file=sys.stderr)
         sys.exit(2)

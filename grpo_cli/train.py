@@ -71,7 +71,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
     rewards = Rewards.from_config(cfg.reward)
     header = RunHeader(cfg.model.path, cfg.data.path, len(train_rows), None if eval_rows is None else len(eval_rows),
-                       total_steps, cfg.train.prompts_per_step, cfg.algo.group_size, cfg.run_name)
+                       0 if cfg.eval_only else total_steps, cfg.train.prompts_per_step, cfg.algo.group_size, cfg.run_name)
     logger = RunLogger(cfg.logger, run_dir, header, OmegaConf.to_container(cfg, resolve=True), rewards.accuracy,
                        wandb_id=resumed.state.wandb_id if resumed else None) if dist.main else NullLogger()
     # The colocated engine or a vLLM server, seeded `sampler.seed + rank`.

@@ -92,3 +92,22 @@ def test_resuming_a_two_rank_run_with_one_rank_is_one_line(tmp_path):
     out = _cli([f"resume={run}", "train.nproc=1"], cwd=tmp_path)
     line = _one_error_line(out)
     assert line.startswith("grpo-train: error: train.nproc=1 differs from the checkpoint's 2; a resumed run may change only ")
+
+
+def test_help_shows_every_option_with_its_meaning_and_the_resumable_keys(tmp_path):
+    """`grpo-train --help`: `key = value  # docstring` for every schema key, then RESUMABLE (the one list)."""
+    from grpo_cli.config.describe import describe
+    from grpo_cli.state.checkpoint import RESUMABLE
+
+    out = _cli(["+recipe=demo", "--help"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "== Configuration groups ==" in lines and "== Options ==" in lines
+    keys = [line.split(" = ", 1)[0] for line in describe(None)]
+    shown = {line.split(" = ", 1)[0]: line for line in lines if " = " in line}
+    assert len(keys) > 100 and set(keys) <= set(shown)
+    assert all("  # " in shown[k] for k in keys), [k for k in keys if "  # " not in shown[k]]
+    assert shown["algo.beta"] == ("algo.beta = 0.04  # Weight of the KL penalty to the frozen reference (its form: `kl`); "
+                                  "0 loads no reference model.")
+    assert shown["model.path"].startswith("model.path = ???")  # the demo recipe leaves it to the command line
+    assert f"may change only: {', '.join(RESUMABLE[1:])}." in out.stdout

@@ -74,3 +74,12 @@ def test_grpo_report_overlays_runs_and_sweeps(tiny_overrides, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "grpo_cli.observe.report", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("grpo-report: error: ") and "Traceback" not in bad.stderr
+
+
+def test_eval_only_header_says_so_instead_of_training_steps(tmp_path, capsys):
+    from tests.conftest import compose, make_logger
+
+    cfg = compose(["model.path=m", "data.path=d.jsonl", "logger=none", "eval_only=true"])
+    make_logger(cfg, tmp_path, 0, (10, 5))  # grpo_cli/train.py passes 0 steps under eval_only
+    err = capsys.readouterr().err
+    assert "evaluation only" in err and "of B x G" not in err

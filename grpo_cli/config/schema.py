@@ -390,6 +390,5 @@ class Config:
     resume: str | None = None
     """Continue a run from its newest complete checkpoint: a run dir (`resume=outputs/...`, which also
     becomes this run's dir), or `auto` (continue if `hydra.run.dir` already holds a checkpoint, else
-    start fresh). Only train.max_steps, train.epochs, train.max_bad_steps, train.device, logger.*,
-    eval.*, checkpoint.*, reward.max_failures_in_a_row, run_name and the vLLM server's sampler.url, devices,
-    startup_timeout_s and request_timeout_s may differ from the checkpoint's config."""
+    start fresh). Only the keys `grpo-train --help` lists at its end may differ from the checkpoint's
+    config (grpo_cli.state.checkpoint.RESUMABLE)."""

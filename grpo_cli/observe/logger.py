@@ -65,7 +65,7 @@ class RunHeader:
     data: str  # data.path
     train_rows: int
     eval_rows: int | None  # None: no evaluation
-    total_steps: int
+    total_steps: int  # 0: eval_only, no training
     prompts_per_step: int  # B
     group_size: int  # G
     run_name: str | None = None  # the W&B run name
@@ -146,7 +146,8 @@ class RunLogger:
         logs = "" if is_verbose(self.cfg) else f" (engine and library logs: {LOG_FILE})"
         for line in (f"[bold]grpo-train[/]: model {h.model}",
                      f"  data    {h.data} ({h.train_rows} train rows{evals})",
-                     f"  steps   {h.total_steps} of B x G = {B} x {G} = {B * G} completions",
+                     f"  steps   {h.total_steps} of B x G = {B} x {G} = {B * G} completions" if h.total_steps
+                     else "  mode    evaluation only (eval_only=true): no training steps",
                      f"  run dir {run_dir}{logs}",
                      f"  W&B     {wb}"):
             console.print(line, soft_wrap=True, highlight=False)
