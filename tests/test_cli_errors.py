@@ -59,7 +59,7 @@ def test_open_dicts_stay_open(overrides):
 
 # Mistakes Hydra catches before our code runs: (command line, what the one line says).
 HYDRA_MISTAKES = [
-    (["algo=grpo2"], "grpo-train: error: algo=grpo2: no such option; did you mean algo=grpo? algo options: dapo, "),
+    (["algo=grpo2"], "grpo-train: error: algo=grpo2: no such option; did you mean algo=grpo? algo options: cispo, dapo, "),
     (["sampler=vllm_cpu"], "grpo-train: error: sampler=vllm_cpu: no such option; did you mean sampler=vllm-cpu?"),
     (["+recipe=gsm8"], "grpo-train: error: recipe=gsm8: no such option; did you mean recipe=gsm8k? recipe options: "),
     (["recipe=demo"], "grpo-train: error: recipe=demo: recipe is not in the default config, add it with +recipe=demo"),
