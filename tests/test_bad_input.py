@@ -122,3 +122,20 @@ def test_bad_data_from_the_cli_is_one_line_exit_1(tiny_overrides, tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("grpo-train: error: data.path=")
     assert "line 3 is not valid JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_of_a_lora_checkpoint_points_at_its_merged_model(tmp_path):
+    """A LoRA run's checkpoint holds the adapter only: grpo-eval on it says which folder to use."""
+    from grpo_cli.learner.models import ModelLoadError, check_model
+
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}')
+    cfg = compose(["model=tiny-local", f"model.path={adapter}"])
+    with pytest.raises(ModelLoadError, match=r"is a LoRA adapter, not a whole model: save checkpoints with "
+                                             r"checkpoint.merged=true and use DIR/merged"):
+        check_model(cfg.model, 64, 8)
+    (adapter / "merged").mkdir()
+    (adapter / "merged" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=rf"use its merged model, model.path={adapter / 'merged'}$"):
+        check_model(cfg.model, 64, 8)

@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from grpo_cli.observe.console import LOG_FILE, QUIET_ENV, route_logs
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -76,3 +77,14 @@ def test_a_run_console_fits_on_a_screen(tiny_overrides, tmp_path):
     assert len(lines) <= 25, console
     log = (tmp_path / LOG_FILE).read_text()
     assert "RotaryEmbedding: Failed to load weights" in log and "Initializing a V1 LLM engine" in log
+
+
+def test_optunas_alembic_plugins_say_nothing_on_the_console():
+    """hydra/sweeper=optuna_grpo imports Optuna's storage, whose alembic logs 7 'setup plugin' lines at INFO."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "from grpo_cli.observe.console import quiet_before_imports; quiet_before_imports(False); "
+            "import optuna.storages")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "alembic" not in out.stderr

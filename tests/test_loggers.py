@@ -83,3 +83,17 @@ def test_eval_only_header_says_so_instead_of_training_steps(tmp_path, capsys):
     make_logger(cfg, tmp_path, 0, (10, 5))  # grpo_cli/train.py passes 0 steps under eval_only
     err = capsys.readouterr().err
     assert "evaluation only" in err and "of B x G" not in err
+
+
+def test_without_a_progress_bar_the_console_still_shows_the_train_reward(tiny_overrides, tmp_path, capsys):
+    """logger=none has no bar: every logger.print_every steps (and the last) one plain line says how training goes."""
+    cfg = compose(tiny_overrides + ["logger.print_every=2"])  # logger=none: no bar
+    logger = make_logger(cfg, tmp_path, total_steps=5)
+    capsys.readouterr()
+    for step in range(1, 6):
+        logger.log(step, {"reward/mean": 0.1 * step, "reward/correct/mean": 0.5, "kl/mean": 0.01, "time/step_s": 1.0})
+    logger.close()
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("step ")]
+    assert lines == ["step 2/5: reward 0.200  acc 0.500  kl 0.0100  1.00 s/step",
+                     "step 4/5: reward 0.400  acc 0.500  kl 0.0100  1.00 s/step",
+                     "step 5/5: reward 0.500  acc 0.500  kl 0.0100  1.00 s/step"]

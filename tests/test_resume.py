@@ -90,9 +90,11 @@ def test_killed_run_resumes_bit_identical(point, how, tiny_overrides, reference,
     if point.startswith("checkpoint"):
         assert (ckpts / ".step_2.tmp").is_dir() and not (ckpts / ".step_2.tmp" / "manifest.json").exists()
     if how == "dir":  # only the run dir: the rest of the config comes from the checkpoint
-        _train([f"resume={run_dir}"])
+        out = _train([f"resume={run_dir}"])
     else:  # the same command again, as a requeued SLURM job would run it
-        _train(args + ["resume=auto"])
+        out = _train(args + ["resume=auto"])
+    step = 1 if point == "checkpoint@2" else int(point[-1]) - 1  # the newest complete checkpoint
+    assert f"resuming from step {step} (checkpoint {ckpts / f'step_{step}'})" in out.stderr  # the console says so
     assert not (ckpts / ".step_2.tmp").exists()  # the half-written checkpoint was cleaned up
     _assert_same_run(run_dir, reference)
     if point.startswith("checkpoint"):  # step 2 was logged, its checkpoint was not: its lines were cut aside

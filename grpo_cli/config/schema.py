@@ -284,6 +284,9 @@ class LoggerConfig:
     """Rows in each completions table."""
     progress: bool = True
     """Show a rich progress bar on the console."""
+    print_every: int = 10
+    """Without the progress bar (`progress: false`, e.g. `logger=none`): one console line with the train
+    reward, accuracy, KL and step time every N steps and at the last step; 0 prints none."""
     tensorboard: bool = False
     """Also write TensorBoard event files to `<run_dir>/tensorboard` (alone with `logger=tensorboard`, or beside W&B)."""
     verbose: bool = False

@@ -36,6 +36,10 @@ def check_model(cfg: DictConfig, max_model_len: int, max_tokens: int) -> None:
 
     local = Path(cfg.path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
+        if (local / "adapter_config.json").is_file():  # a LoRA run's checkpoint: the adapter alone
+            raise ModelLoadError(f"model.path={cfg.path!r} is a LoRA adapter, not a whole model: "
+                                 + (f"use its merged model, model.path={local / 'merged'}" if (local / "merged" / "config.json").is_file()
+                                    else "save checkpoints with checkpoint.merged=true and use DIR/merged"))
         raise ModelLoadError(f"model.path={cfg.path!r} is not a model checkpoint (no config.json); "
                              "pass a save_pretrained directory or a hub id")
     _use_cache_if_offline(cfg.path)

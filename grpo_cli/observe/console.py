@@ -60,6 +60,8 @@ def quiet_before_imports(verbose: bool) -> None:
         env.pop("WANDB_SILENT")
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    if not verbose:  # Optuna's storage imports alembic, which logs a line per plugin at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class _ConsoleFilter(logging.Filter):

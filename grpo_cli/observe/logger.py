@@ -80,7 +80,7 @@ class RunLogger:
         self.cfg, self.run_dir = cfg, run_dir
         self.accuracy_key = f"reward/{accuracy_reward}/mean"
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
-        self.start, self.step = time.perf_counter(), 0
+        self.start, self.step, self.total_steps = time.perf_counter(), 0, header.total_steps
         mode = _wandb_mode(self.cfg.wandb_mode)
         self.wandb = None
         if mode != "disabled":
@@ -125,10 +125,13 @@ class RunLogger:
         if self.tensorboard is not None:
             for key, value in metrics.items():
                 self.tensorboard.add_scalar(key, value, step)
-        if self.progress is not None and "reward/mean" in metrics:
+        if "reward/mean" in metrics:
             info = (f"reward {metrics['reward/mean']:.3f}  acc {metrics.get(self.accuracy_key, float('nan')):.3f}  "
                     f"kl {metrics.get('kl/mean', 0.0):.4f}  {metrics['time/step_s']:.2f} s/step")
-            self.progress.update(self.task, completed=step, info=info)
+            if self.progress is not None:
+                self.progress.update(self.task, completed=step, info=info)
+            elif self.cfg.print_every and (step % self.cfg.print_every == 0 or step == self.total_steps):
+                console.print(f"step {step}/{self.total_steps}: {info}", highlight=False)
         if "eval/accuracy" in metrics:
             extra = "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/accuracy")
             console.print(f"eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}  {extra}", highlight=False)

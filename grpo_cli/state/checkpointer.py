@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from omegaconf import DictConfig
 
+from grpo_cli.observe.console import console
 from grpo_cli.state import checkpoint
 from grpo_cli.state.stop import RunStopped, StopReason
 
@@ -37,6 +38,7 @@ class Resumed:
         state = checkpoint.load(directory, dist)  # this rank's RNGs and data position
         if dist.main:
             checkpoint.cut_logs(run_dir, state.log_sizes)
+            console.print(f"resuming from step {state.step} (checkpoint {directory})", highlight=False, soft_wrap=True)
         return cls(directory, config, state)
 
 
