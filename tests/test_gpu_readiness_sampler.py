@@ -106,6 +106,9 @@ class _Http:
     def __init__(self, calls):
         self.calls = calls
 
+    def mount(self, prefix, adapter):  # the sampler's connection pool, one connection per request in flight
+        pass
+
     def request(self, method, url, **_):
         path = url.split(":8000", 1)[1]
         self.calls.append(path)

@@ -147,7 +147,11 @@ class Learner:
             host_memory.keep_freed_memory()
         self.policy = load_causal_lm(model, model.dtype, trainable=True, device=self.device)
         # With model.lora.r > 0 only adapters train; they are injected into self.policy in place.
-        self.peft = apply_lora(self.policy, model.lora) if model.lora.r else None
+        # Their random init comes from the run seed, not from whatever the global RNG holds by now
+        # (a sweep's or a test's earlier run in this process, a reused engine that did not reseed it).
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            self.peft = apply_lora(self.policy, model.lora) if model.lora.r else None
         # The reference is only needed for the KL term.
         self.ref = (load_causal_lm(model, model.dtype, trainable=False, device=self.device)
                     if algo.beta > 0 else None)
