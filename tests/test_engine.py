@@ -83,7 +83,7 @@ def test_grpo_raises_the_probability_of_the_rewarded_first_token(tiny_overrides,
     after = _first_token_prob(tmp_path / "checkpoints" / "final", tok, "12+34=", TARGET)
     rewards = [json.loads(x)["reward/mean"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
     assert after > 3 * before, (before, after, rewards)
-    assert rewards[-1] > rewards[0]
+    assert sum(rewards[3:]) > sum(rewards[:3]), rewards  # more of it sampled in the last 3 steps than the first 3
 
 
 REQUIRED_KEYS = [

@@ -173,7 +173,8 @@ def _train(args, pause: str | None = None):
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("max_staleness", [0, 1])
+# max_staleness=1 (the server and drawing ahead) in the default suite; 0 adds ~40 s, so under `slow`.
+@pytest.mark.parametrize("max_staleness", [pytest.param(0, marks=pytest.mark.slow), 1])
 def test_a_killed_server_run_resumes_bit_identically(server, server_overrides, tmp_path, max_staleness):
     """A run through the server, SIGKILLed while step 3's rollouts are in hand (with max_staleness=1
     step 4's are being drawn), resumed from its step-2 checkpoint: every step's metrics and

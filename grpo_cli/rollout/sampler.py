@@ -43,23 +43,21 @@ def truncated(finish_reasons: list[str]) -> list[bool]:
     return [r == "length" for r in finish_reasons]
 
 
-MAX_N = 4096  # completions of one request: each prompt's seed is this far from the next one's
-
-
 def rollout_seed(run_seed: int, step: int, index: int, evaluation: bool = False) -> int:
     """The `SamplingParams.seed` of prompt `index` (its global index among the step's draws: every
     rank's share and every re-draw of the batch filter counted) at `step`: a function of the run's
     seed and the rollout's identity only, never of engine state or request arrival order.
 
-    vLLM gives completion j of a seeded request the seed `seed + j` (v1/engine/parallel_sampling.py),
-    so the seeds are MAX_N apart and a group's completions never share one. Distinct (step, index,
-    evaluation) of one run give distinct seeds (the key is XORed with a hash of the run seed: a
-    bijection), below 2**63 (vLLM's and torch's limit)."""
-    if not (0 <= index < 2**20 and 0 <= step < 2**30):
+    A hash of (run seed, step, evaluation, index), below 2**62. Its LOW 32 BITS must differ from
+    rollout to rollout: torch's CPU generator (mt19937), which vLLM's CPU sampler seeds with
+    `manual_seed(seed)`, keeps only those, so seeds that differ only above bit 31 draw the same
+    numbers (measured: manual_seed(7) and manual_seed(7 + 2**33) give equal samples). vLLM gives
+    completion j of a seeded request the seed `seed + j` (v1/engine/parallel_sampling.py); two
+    prompts' ranges [seed, seed + n) overlap with probability ~ n / 2**31 per pair: negligible."""
+    if not (0 <= index and 0 <= step):
         raise ValueError(f"rollout_seed: step {step} or prompt index {index} out of range")
-    key = (step << 21) | (int(evaluation) << 20) | index
-    mix = int.from_bytes(hashlib.blake2b(str(run_seed).encode(), digest_size=8).digest(), "little")
-    return ((key ^ mix) & (2**51 - 1)) * MAX_N
+    key = f"{run_seed}:{step}:{int(evaluation)}:{index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**62 - 1)
 
 
 class SamplerError(UserError):
