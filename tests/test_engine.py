@@ -122,6 +122,7 @@ def test_missing_dataset_column_is_one_line_from_the_cli(tiny_overrides, tmp_pat
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # ~40 s; sweeps through the CLI stay in the default suite (tests/test_sweeps.py)
 def test_a_sweep_runs_every_combination(tiny_overrides, tmp_path):
     base = [o for o in tiny_overrides if not o.startswith(("algo.group_size", "train.max_steps"))]
     args = ["-m", *base, "algo.group_size=2,4", "algo.beta=0,0.04", "train.max_steps=1",

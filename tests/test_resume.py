@@ -81,7 +81,8 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 # before they were scored; `learner@3`: after the optimiser stepped, before the engine got the
 # new weights; `checkpoint@2`: half-way through writing step 2's checkpoint (weights written,
 # trainer state not yet), so the resume must fall back to step 1.
-@pytest.mark.parametrize("point,how", [("rollout@2", "dir"), ("learner@3", "auto"), ("checkpoint@2", "dir")])
+@pytest.mark.parametrize("point,how", [pytest.param("rollout@2", "dir", marks=pytest.mark.slow),  # ~55 s; like learner@3
+                                       ("learner@3", "auto"), ("checkpoint@2", "dir")])
 def test_killed_run_resumes_bit_identical(point, how, tiny_overrides, reference, tmp_path):
     run_dir = tmp_path / "run"
     args = _args(tiny_overrides, run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 
 import pytest
 import torch
@@ -90,9 +91,11 @@ def test_finish_reasons_reach_the_learner(tiny_overrides, tmp_path, monkeypatch)
         return train_step(self, batch)
 
     monkeypatch.setattr(Learner, "train_step", spy)
-    # One-token completions: each one is truncated unless that token is EOS.
+    # One-token completions: each one is truncated unless that token is EOS or a letter (stop strings:
+    # ~40 % of the tiny vocabulary), so a step has both kinds whatever the seed draws.
+    letters = "[" + ",".join(string.ascii_letters) + "]"
     cfg = compose(tiny_overrides + ["sampler.max_tokens=1", "algo.mask_truncated=true", "train.max_steps=1",
-                                    "algo.beta=0", "checkpoint.final=false"])
+                                    "algo.beta=0", "checkpoint.final=false", f"sampler.stop={letters}"])
     run(cfg, run_dir=tmp_path)
     (m,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
     assert 0 < m["truncated_frac"] < 1, m  # both kinds, so the check below can fail
