@@ -86,9 +86,18 @@ def cuda_group(overrides: list[str]) -> dict:
 
 
 def local_error(overrides: list[str]) -> dict:
-    dist.init_process_group("cuda:gloo", timeout=timedelta(seconds=60))  # serves CUDA tensors only, as NCCL does
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, rank == 0,
+                          timeout=timedelta(seconds=60))
+    # serves CUDA tensors only, as NCCL does
+    dist.init_process_group("cuda:gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
     out: dict = {}
     attempt(out, "Dist.any", lambda: distributed.from_env().any(True))
+    # The error is local, so a rank gets here at once: rank 0 (the store's host) must not leave
+    # before rank 1 has finished joining the group, or rank 1's join fails (connection reset).
+    store.add("left", 1)
+    while rank == 0 and store.add("left", 0) < world:
+        time.sleep(0.05)
     return out
 
 
