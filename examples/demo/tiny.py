@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 EOS = "<|endoftext|>"
@@ -38,6 +38,35 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Tool calling, as Qwen2.5 has it: `<tool_call>` / `</tool_call>` are added tokens that are NOT special,
+# so they stay in text decoded with skip_special_tokens=True (what vLLM returns). With `tools=True` they
+# take the last two reserved ids (126, 127), so the vocab stays 128.
+TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+# CHAT_TEMPLATE plus tools, compact because every character is a token: a system turn
+# `tools: NAME, NAME` (names only; a system message's content goes on the line above it), an
+# assistant turn with `tool_calls` written `<tool_call>{"name":...,"arguments":...}</tool_call>`
+# after its content, a tool result as a turn of role `tool`. Rendering messages M, then M + more
+# messages, gives the first text as a prefix (what appending tool turns by token concatenation needs).
+TOOLS_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n' }}{% endif %}"
+    "{{ 'tools: ' }}{% for t in tools %}{{ (t['function'] or t)['name'] }}{% if not loop.last %}, {% endif %}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] %}{% set f = call['function'] or call %}"
+    "{{ '<tool_call>{\"name\":' + f['name'] | tojson + ',\"arguments\":' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson(separators=(',', ':')) }}"
+    "{% endif %}{{ '}</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>tool\n' + message['content'] | string + '<|im_end|>\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def _byte_level(c: str) -> str:
@@ -47,7 +76,7 @@ def _byte_level(c: str) -> str:
     return chr(256 + b) if b <= 32 else c
 
 
-def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = VOCAB_SIZE, tools: bool = False) -> PreTrainedTokenizerFast:
     """Character-level fast tokenizer with a Qwen-style chat template.
 
     transformers 5.x loads any checkpoint whose config says model_type "qwen2" with its own
@@ -65,12 +94,17 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     eos = pad = `<|endoftext|>` (as in Qwen2.5 base models). A chat turn ends with
     `<|im_end|>`, which the saved generation_config lists as a second eos, so transformers'
     generate and vLLM stop on either.
+
+    `tools=True` makes it tool-capable: the added (not special) tokens `<tool_call>` and
+    `</tool_call>` take the last two ids, and the chat template is TOOLS_CHAT_TEMPLATE.
     """
     vocab = {_byte_level(c): i for i, c in enumerate(CHARS)}
-    specials = SPECIALS if vocab_size == VOCAB_SIZE else [EOS, IM_START, IM_END]
     if vocab_size < VOCAB_SIZE:
         raise ValueError(f"vocab_size={vocab_size}: the character tokenizer needs >= {VOCAB_SIZE}")
-    for i in range(vocab_size - len(CHARS) - len(specials)):
+    tool_tokens = [TOOL_CALL, TOOL_CALL_END] if tools else []
+    # At 128 the reserved fillers are specials and the tool tokens take the last two of their ids.
+    specials = SPECIALS[: len(SPECIALS) - len(tool_tokens)] if vocab_size == VOCAB_SIZE else [EOS, IM_START, IM_END]
+    for i in range(vocab_size - len(CHARS) - len(specials) - len(tool_tokens)):
         vocab[f"<f{i}>"] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     tok.normalizer = normalizers.NFC()
@@ -81,13 +115,14 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     # Added specials get ids len(CHARS).. in order and are matched before the BPE model runs.
     tok.add_special_tokens(specials)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in tool_tokens])
     assert tok.get_vocab_size() == vocab_size
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
         pad_token=EOS,
         additional_special_tokens=[IM_START, IM_END],
-        chat_template=CHAT_TEMPLATE,
+        chat_template=TOOLS_CHAT_TEMPLATE if tools else CHAT_TEMPLATE,
         # Default cleanup would turn "a ." into "a." and break the exact round trip.
         clean_up_tokenization_spaces=False,
         model_max_length=512,
@@ -141,15 +176,16 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> Q
     return model.eval()
 
 
-def save_tiny(out_dir: str | Path, vocab_size: int = VOCAB_SIZE, **sizes) -> Path:
+def save_tiny(out_dir: str | Path, vocab_size: int = VOCAB_SIZE, tools: bool = False, **sizes) -> Path:
     """Write model, tokenizer and generation_config to out_dir; returns it as a Path.
 
     `sizes` are build_model's keyword arguments (hidden_size, num_layers, seed, ...). The folder
     loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained and with vllm.LLM(model=...).
+    `tools=True` saves the tool-capable tokenizer (build_tokenizer); the model is the same.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = build_tokenizer(vocab_size, tools=tools)
     model = build_model(tokenizer, **sizes)
     model.save_pretrained(out)  # also writes generation_config.json
     tokenizer.save_pretrained(out)
