@@ -8,7 +8,6 @@ docs, "Using a custom reward function"); they are called with keyword arguments 
 from __future__ import annotations
 
 import copy
-
 import json
 import re
 

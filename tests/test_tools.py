@@ -122,7 +122,7 @@ def test_toolbox_from_config_loads_functions_and_an_environment_per_rollout():
     box = Toolbox.from_config(_cfg(funcs=["tests.test_tools.multiply"], environment="tests.test_tools.CounterEnv"))
     assert [s["function"]["name"] for s in box.schemas] == ["multiply", "increment"]
     assert box.reward_name == "CounterEnv"
-    (tools_a, env_a), (tools_b, env_b) = box.for_rollout(), box.for_rollout()
+    (tools_a, env_a), (_, env_b) = box.for_rollout(), box.for_rollout()
     assert env_a is not env_b and set(tools_a) == {"multiply", "increment"}
     env_a.reset(target=2), env_b.reset(target=2)
     tools_a["increment"](step=2)
