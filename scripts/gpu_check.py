@@ -39,7 +39,9 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+from mfu import learner_flops, linear_params, matmul_peak, mfu  # noqa: E402  (scripts/mfu.py)
 
 # Qwen2.5 shapes (config.json of the hub checkpoints); `tiny` for the CPU smoke test.
 SHAPES = {
@@ -75,34 +77,6 @@ def write_gsm8k(work: Path, rows: int = 512) -> tuple[Path, Path]:
     return paths
 
 
-def matmul_peak(device: str, dtype, repeats: int = 8) -> float:
-    """Best GFLOP/s of x @ W.T (nn.Linear's layout) on this device: a warm-up, then the fastest of
-    `repeats` timed rounds (a shared or clock-ramping device only ever makes a round slower)."""
-    import torch
-
-    n = 8192 if device == "cuda" else 1024
-    inner = 10 if device == "cuda" else 2
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    torch.nn.functional.linear(a, a)  # warm-up: kernel selection, clocks
-    best = math.inf
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            torch.nn.functional.linear(a, a)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) / inner)
-    return 2 * n**3 / best / 1e9
-
-
-def mfu_note(mfu: float) -> str | None:
-    """An MFU above 100 % cannot be: the peak was measured too low (a busy or throttled device), or the
-    FLOP count is off. Say so instead of reporting it."""
-    return None if mfu <= 1.0 else f"learner MFU {100 * mfu:.0f} % > 100 %: a measurement error (matmul peak measured low)"
-
-
 def overrides(a, model: Path, data: tuple[Path, Path], run_dir: Path, **replace) -> list[str]:
     """grpo-train overrides of a short gsm8k-recipe run; `replace` sets or replaces keys (key=value)."""
     kv = {"model.path": model, "data.path": data[0], "data.eval_path": data[1], "train.max_steps": a.steps,
@@ -116,14 +90,14 @@ def overrides(a, model: Path, data: tuple[Path, Path], run_dir: Path, **replace)
     return ["+recipe=gsm8k"] + [f"{k}={v}" for k, v in kv.items()] + list(a.override)
 
 
-def matmul_params(model_dir: Path) -> int:
-    """Weights a token multiplies through: every nn.Linear, the lm_head (V x H) included."""
+def matmul_params(model_dir: Path) -> tuple[int, int]:
+    """(backbone nn.Linear weights, lm_head's V x H) of the model: what a token multiplies through."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return linear_params(model)
 
 
 def single(a) -> int:
@@ -142,8 +116,10 @@ def single(a) -> int:
 
     cfg = compose(overrides(a, model, data, run_dir))
     dtype = torch.bfloat16 if cfg.train.autocast_dtype == "bfloat16" or cfg.model.dtype == "bfloat16" else torch.float32
-    peak = matmul_peak(a.device, dtype)
-    print(f"{a.device} {str(dtype).removeprefix('torch.')} matmul peak: {peak:,.0f} GFLOP/s", flush=True)
+    probe = matmul_peak(dtype, a.device)  # idle cores, best of several rounds and sizes (scripts/mfu.py)
+    peak = probe["gflops"]
+    print(f"{a.device} {str(dtype).removeprefix('torch.')} matmul peak: {peak:,.0f} GFLOP/s (n={probe['n']}, "
+          f"cores {probe['busy']:.0%} busy before)", flush=True)
 
     # The engine alone on one step's rollout (same prompts, G and settings): the sampler's roofline.
     sampler = ColocatedSampler(cfg.sampler, cfg.model)  # the run below reuses this very engine
@@ -174,15 +150,17 @@ def single(a) -> int:
     result = {"shape": a.shape, "device": a.device, "strategy": cfg.train.strategy, "matmul_peak_gflops": peak, "standalone_tokens_per_s": standalone_tps,
               "steps": steps}
     if med:
-        tokens = sum(len(x) for x in ids) / B + med["completion_len/mean"]  # per sequence
+        # The FLOPs the update needs: each prompt once per group through the backbone, every completion
+        # token but the last; lm_head at the positions predicting a completion token (scripts/mfu.py).
+        prompt, comp = sum(len(x) for x in ids) / B, med["completion_len/mean"]
         passes = 6 + (2 if cfg.algo.beta > 0 else 0) + (2 if cfg.algo.num_iterations > 1 else 0)
-        flops = passes * matmul_params(model) * B * G * tokens
-        result |= {"median": med, "learner_tflop": flops / 1e12,
-                   "learner_mfu": flops / med["time/learner_s"] / (peak * 1e9),
-                   "in_loop_over_standalone": med["tokens_per_s"] / standalone_tps}
-        if note := mfu_note(result["learner_mfu"]):
-            result |= {"learner_mfu": None, "learner_mfu_error": note}
-            print(f"gpu_check: {note}", file=sys.stderr)
+        flops = learner_flops(*matmul_params(model), B * prompt + B * G * (comp - 1), B * G * comp, passes)
+        value, error = mfu(flops, med["time/learner_s"], peak)
+        result |= {"median": med, "learner_tflop": flops / 1e12, "learner_mfu": value,
+                   "in_loop_over_standalone": med["tokens_per_s"] / standalone_tps, "matmul_peak": probe}
+        if error:
+            result["learner_mfu_error"] = error
+            print(f"gpu_check: learner {error}", file=sys.stderr)
         if a.device == "cuda":
             free, total = torch.cuda.mem_get_info()
             result |= {"peak_torch_gib": torch.cuda.max_memory_allocated() / 2**30, "device_used_gib": (total - free) / 2**30}

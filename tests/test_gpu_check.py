@@ -33,12 +33,31 @@ def test_gpu_check_smoke_runs_the_cpu_subset_of_the_checklist(tmp_path):
     assert "gpu_check: " in out.stdout and "ok" in out.stdout.splitlines()[-1]
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_an_mfu_over_100_percent_is_reported_as_a_measurement_error():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-    spec.loader.exec_module(gpu_check)
-    assert gpu_check.mfu_note(0.6) is None
-    assert "measurement error" in gpu_check.mfu_note(1.4)
+    mfu = _script("mfu")
+    assert mfu.mfu(60e9, 1.0, 100.0) == (pytest.approx(0.6), None)
+    value, error = mfu.mfu(151e9, 1.0, 100.0)
+    assert value is None and "measurement error" in error
+    assert _script("gpu_check").mfu is mfu.mfu  # the GPU check reports through the same rule
+
+
+def test_the_matmul_peak_is_the_best_round_of_the_best_size():
+    mfu = _script("mfu")
+    probe = mfu.matmul_peak(sizes=(64, 128), rounds=2, round_s=0.01, max_wait=0)
+    assert probe["gflops"] > 0 and probe["n"] in (64, 128) and 0 <= probe["busy"] <= 1
+
+
+def test_the_learner_flops_count_lm_head_only_where_a_completion_token_is_predicted():
+    mfu = _script("mfu")
+    # 2 prompts of 10 tokens x G=4 completions of 5: the backbone sees 2 x 10 + 8 x 4 tokens, lm_head 8 x 5.
+    assert mfu.learner_flops(100, 30, 2 * 10 + 8 * 4, 8 * 5, 8) == 8 * (100 * 52 + 30 * 40)
 
 
 def test_gpu_check_without_cuda_says_so():

@@ -21,7 +21,7 @@ libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p,
 if sys.argv[1] == "keep":
     from grpo_cli.learner.host_memory import keep_freed_memory
     assert keep_freed_memory()
-N = 24 << 20
+N = int(sys.argv[2]) << 20
 def step():
     blocks = [libc.malloc(N) for _ in range(3)]
     for b in blocks:
@@ -36,8 +36,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 3)
 """
 
 
-def _faults_per_step(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+def _faults_per_step(mode: str, mib: int = 24) -> int:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, str(mib)], capture_output=True, text=True, check=True)
     return int(out.stdout)
 
 
@@ -46,6 +46,13 @@ def test_freed_activations_keep_their_pages_from_step_to_step():
     # glibc's default gives the freed 72 MiB back to the kernel: every step faults every page in again.
     assert _faults_per_step("default") > 0.9 * pages
     assert _faults_per_step("keep") < 0.01 * pages
+
+
+def test_blocks_above_the_mmap_ceiling_keep_their_pages_too():
+    # 3 x 160 MiB, like the logits chunks and [V, H] gradients of a 151,936-token vocabulary.
+    pages = 3 * (160 << 20) // 4096
+    assert _faults_per_step("default", 160) > 0.9 * pages
+    assert _faults_per_step("keep", 160) < 0.01 * pages
 
 
 def test_it_is_idempotent():

@@ -52,7 +52,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         w = weight.to(cd)  # [V, H]
         b = None if bias is None else bias.to(cd)
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # [M, H]
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_w = None  # [V, H] fp32: the first chunk's product, then a sum (no zero-filled [V, H] to add it to)
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and ctx.needs_input_grad[2] else None
         rows = torch.arange(min(chunk, m), device=hidden.device)
         for s in range(0, m, chunk):
@@ -73,11 +73,12 @@ class _ChunkedLogprobs(torch.autograd.Function):
             g = g.div_(t).to(cd)  # [c, V] through z = logits / T
             if grad_h is not None:
                 grad_h[s:e] = (g @ w).to(hidden.dtype)  # [c, H]
-            if grad_w is not None:
-                grad_w += (g.T @ h).float()  # [V, H]
+            if ctx.needs_input_grad[1]:
+                grad_w = (g.T @ h).float() if grad_w is None else grad_w.add_((g.T @ h).float())  # [V, H]
             if grad_b is not None:
                 grad_b += g.float().sum(0)  # [V]
-        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight) if grad_w is None else grad_w.to(weight.dtype)  # no tokens: zeros
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
