@@ -38,6 +38,8 @@ from grpo_cli.rollout.sampler import SamplerError
 from grpo_cli.rollout.source import Draw, RolloutSource
 from grpo_cli.state.checkpointer import Checkpointer, Resumed
 from grpo_cli.state.stop import StopReason, StopSignals, stop_reason
+from grpo_cli.tools.loop import make_generation
+from grpo_cli.tools.registry import Toolbox, environment_reward
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float | None:
@@ -65,18 +67,23 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
 
     check_model(cfg.model, cfg.sampler.max_model_len, cfg.sampler.max_tokens)
     tokenizer = load_tokenizer(cfg.model)
-    fmt = PromptFormatter(cfg.data, tokenizer)
+    toolbox = Toolbox.from_config(cfg.tools)  # tools the model may call while it generates (None: one turn)
+    fmt = PromptFormatter(cfg.data, tokenizer, toolbox and toolbox.schemas)
     train_rows, eval_rows = prepare_splits(cfg.data, fmt, cfg.sampler.max_model_len, cfg.eval.max_rows)
     stream = PromptStream(train_rows, cfg.train.prompts_per_step, cfg.seed, cfg.data.shuffle)
     total_steps = cfg.train.max_steps or stream.steps_per_epoch * cfg.train.epochs
     rewards = Rewards.from_config(cfg.reward)
+    if toolbox and toolbox.reward_name:  # an environment that owns a reward (its get_reward)
+        rewards.add(toolbox.reward_name, environment_reward)
     header = RunHeader(cfg.model.path, cfg.data.path, len(train_rows), None if eval_rows is None else len(eval_rows),
                        0 if cfg.eval_only else total_steps, cfg.train.prompts_per_step, cfg.algo.group_size, cfg.run_name)
     logger = RunLogger(cfg.logger, run_dir, header, OmegaConf.to_container(cfg, resolve=True), rewards.accuracy,
                        wandb_id=resumed.state.wandb_id if resumed else None) if dist.main else NullLogger()
     # The colocated engine or a vLLM server, seeded `sampler.seed + rank`.
     sampler = cleanup.enter_context(make_sampler(cfg.sampler, cfg.model, run_dir, cfg.train.device, dist))
-    evaluator = Evaluator(cfg.eval, eval_rows, fmt, sampler, rewards, cfg.sampler.temperature, logger, dist, cfg.seed)
+    # Prompts -> completions: one turn, or turns with tool calls between them (grpo_cli/tools/loop.py).
+    generate = make_generation(cfg.tools, toolbox, sampler, fmt, tokenizer, cfg.sampler)
+    evaluator = Evaluator(cfg.eval, eval_rows, fmt, generate, rewards, cfg.sampler.temperature, logger, dist, cfg.seed)
     if cfg.eval_only:
         return _evaluate_only(cfg.seed, evaluator, logger, cfg.model.path)
 
@@ -89,7 +96,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, signals: S
     ref_refresh = ReferenceRefresh.from_learner(cfg.algo, learner)
     # Every rollout is seeded from (seed, step, global prompt index): the same samples on either
     # sampler, any rank count, after a resume, in any request order (sampler.reproducible).
-    draw = Draw(stream, fmt, sampler, rewards, instantiate(cfg.algo.batch_filter), cfg.algo.group_size, dist,
+    draw = Draw(stream, fmt, generate, rewards, instantiate(cfg.algo.batch_filter), cfg.algo.group_size, dist,
                 cfg.seed)
     source = RolloutSource.from_config(cfg.algo, draw)  # drawn when due, or ahead (algo.max_staleness)
     cleanup.callback(source.close)

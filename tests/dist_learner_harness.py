@@ -50,7 +50,10 @@ def recorded_batch() -> RolloutBatch:
     logp = [(-torch.rand(len(c), generator=g) * 3).tolist() for c in completions]
     adv = torch.randn(n, generator=g)
     finish = ["length" if i % 5 == 0 else "stop" for i in range(n)]
-    return RolloutBatch.build(prompts, completions, logp, adv, 0, finish)
+    # Every third rollout is multi-turn: tokens 1-2 a tool's result (tool_mask 0: read, never trained).
+    tool_mask = [[0 if i % 3 == 0 and 1 <= t < 3 and len(c) >= 4 else 1 for t in range(len(c))]
+                 for i, c in enumerate(completions)]
+    return RolloutBatch.build(prompts, completions, logp, adv, 0, finish, tool_mask)
 
 
 def share(batch: RolloutBatch, me: distributed.Dist, last_rank_empty: bool = False) -> RolloutBatch | None:

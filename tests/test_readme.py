@@ -65,6 +65,20 @@ def _call(fn, texts: list[str], conv: bool) -> list:
     return fn(prompts=prompts, completions=completions, completion_ids=[[1], [2]], **columns)
 
 
+def _check_tools(scope: dict) -> None:
+    """Every function of a README block is a tool the model can be shown; every class an environment."""
+    from grpo_cli.tools.registry import Toolbox, as_tool
+
+    funcs = [as_tool(f, "README") for f in scope.values() if inspect.isfunction(f)]
+    envs = [c for c in scope.values() if inspect.isclass(c)]
+    assert funcs or envs
+    for env in envs:
+        box = Toolbox([], env)
+        tools, instance = box.for_rollout()
+        instance.reset(prompt="x")
+        assert tools and box.reward_name == env.__name__
+
+
 @pytest.mark.parametrize("conversational", [False, True])
 def test_python_blocks_rewards_work_on_both_prompt_formats(conversational):
     texts = ["4", "x" * 300]
@@ -72,7 +86,9 @@ def test_python_blocks_rewards_work_on_both_prompt_formats(conversational):
         scope: dict = {}
         exec(compile(body, "README.md", "exec"), scope)
         rewards = {n: f for n, f in scope.items() if inspect.isfunction(f) and "completions" in inspect.signature(f).parameters}
-        assert rewards
+        if not rewards:  # the tools block: its functions are tools, its classes environments
+            _check_tools(scope)
+            continue
         for name, fn in rewards.items():
             got = _call(fn, texts, conversational)
             assert len(got) == 2 and all(isinstance(v, float) for v in got), (name, got)

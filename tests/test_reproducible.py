@@ -35,13 +35,14 @@ def _draw(cfg, rank: int, world: int):
     from grpo_cli.learner.models import load_tokenizer
     from grpo_cli.rewards import Rewards
     from grpo_cli.rollout.colocated import ColocatedSampler
+    from grpo_cli.rollout.generation import SingleTurn
     from grpo_cli.rollout.prompts import PromptFormatter, PromptStream, load_splits
     from grpo_cli.rollout.source import Draw
 
     fmt = PromptFormatter(cfg.data, load_tokenizer(cfg.model))
     stream = PromptStream(load_splits(cfg.data)[0], cfg.train.prompts_per_step, cfg.seed, cfg.data.shuffle)
     sampler = ColocatedSampler(cfg.sampler, cfg.model)  # the session's engine
-    return Draw(stream, fmt, sampler, Rewards.from_config(cfg.reward), instantiate(cfg.algo.batch_filter),
+    return Draw(stream, fmt, SingleTurn(sampler, fmt), Rewards.from_config(cfg.reward), instantiate(cfg.algo.batch_filter),
                 cfg.algo.group_size, Dist(rank=rank, world=world), cfg.seed)
 
 

@@ -7,6 +7,7 @@ docs, "Using a custom reward function"); they are called with keyword arguments 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -134,9 +135,19 @@ def test_conversational_dataset_prompts_and_completions_are_messages(tok):
                                                                   solution=call["solution"]) == [1.0, 0.0, 1.0, 1.0]
 
 
+def test_conversational_data_uses_the_chat_template_whatever_use_chat_template_says(tok):
+    """As in TRL: data.use_chat_template is for plain-text prompts; chat messages always need the template."""
+    batch = as_batch(datasets.Dataset.from_list(CHAT_ROWS), _fmt(tok, use_chat_template=False))
+    assert batch.prompts[0] == tok.apply_chat_template(CHAT_ROWS[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert batch.prompts[0].endswith("<|im_start|>assistant\n")
+
+
 def test_conversational_data_without_a_chat_template_is_a_clear_error(tok):
-    with pytest.raises(DataError, match=r"data.prompt_column='prompt' holds chat messages, which need a chat template"):
-        as_batch(datasets.Dataset.from_list(CHAT_ROWS), _fmt(tok, use_chat_template=False))
+    tok = copy.deepcopy(tok)
+    tok.chat_template = None
+    with pytest.raises(DataError, match=r"data.prompt_column='prompt' holds chat messages, which need a chat "
+                                        r"template: the tokenizer of model.path has none"):
+        as_batch(datasets.Dataset.from_list(CHAT_ROWS), _fmt(tok, use_chat_template=True))
 
 
 def first_char_is_digit(completions, **kwargs):

@@ -141,6 +141,13 @@ def test_colocated_and_server_samplers_draw_the_same_samples(server, server_over
         a = colocated.generate(prompts, n=4, seeds=seeds)
         b = remote.generate(prompts, n=4, seeds=seeds)
         c = remote.generate(prompts[::-1], n=4, seeds=seeds[::-1])
+        # A budget per prompt (a multi-turn rollout's next turn): each request gets its own.
+        budgets = [2, 5, 1, 3]
+        d = colocated.generate(prompts, n=1, max_tokens=budgets, seeds=seeds)
+        e = remote.generate(prompts, n=1, max_tokens=budgets, seeds=seeds)
+        f = remote.generate(prompts, n=1, max_tokens=budgets)  # unseeded: one request per budget too
+    assert d.completion_ids == e.completion_ids and all(len(x) <= k for x, k in zip(f.completion_ids, budgets))
+    assert all(len(x) == k or r == "stop" for x, k, r in zip(d.completion_ids, budgets, d.finish_reasons))
     assert a.completion_ids == b.completion_ids
     assert all(abs(x - y) <= 1e-4 for p, q in zip(a.logprobs, b.logprobs) for x, y in zip(p, q))
     assert [c.completion_ids[i * 4:(i + 1) * 4] for i in range(4)][::-1] == [

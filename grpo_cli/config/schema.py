@@ -373,6 +373,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class ToolsConfig:
+    funcs: list[Any] = field(default_factory=list)
+    """Tools the model may call while it generates (TRL's `tools=`): dotted paths of functions, or
+    `_target_` nodes of callable objects (e.g. grpo_cli.tools.python_sandbox.PythonTool). Each one's
+    schema comes from its type hints and Google-style docstring; the chat template shows them."""
+    environment: str | None = None
+    """Dotted path of an environment class (TRL's `environment_factory=`): one instance per rollout,
+    `reset(**row)` before it (text it returns is appended to the user turn), its public methods as
+    tools, and an optional `get_reward()` that becomes a reward named after the class."""
+    parser: Any = field(default_factory=lambda: {"_target_": "grpo_cli.tools.parsers.QwenToolCalls"})
+    """How tool calls are read from the model's text (grpo_cli/tools/parsers.py); Qwen2.5's
+    `<tool_call>{json}</tool_call>` by default."""
+    max_turns: int = 5
+    """Rounds of tool calls per rollout (TRL's `max_tool_calling_iterations`); the completion budget
+    `sampler.max_tokens` covers every turn and tool result together."""
+    timeout_s: float = 30.0
+    """A tool call running longer than this becomes an error message for the model."""
+    max_workers: int = 16
+    """Tool calls that run at once (threads), across the rollouts of a turn."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -384,6 +406,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    """Multi-turn rollouts with tools (grpo_cli/tools/); none by default."""
     seed: int = 0
     """Seeds data order, the learner and the vLLM engine."""
     eval_only: bool = False

@@ -216,6 +216,11 @@ def validate(cfg: DictConfig) -> None:
         _check(s.tensor_parallel_size == 1, "sampler.tensor_parallel_size", s.tensor_parallel_size,
                "must be 1 with the colocated sampler (one unsharded engine per learner rank): to shard the engine, "
                "use the server sampler: sampler=vllm-server sampler.devices=\"'1,2'\" sampler.tensor_parallel_size=2")
+    tl = cfg.tools
+    _check(tl.max_turns >= 0, "tools.max_turns", tl.max_turns, "must be >= 0")
+    _check(tl.timeout_s > 0, "tools.timeout_s", tl.timeout_s, "must be > 0")
+    _check(tl.max_workers >= 1, "tools.max_workers", tl.max_workers, "must be >= 1")
+    _check_component("tools.parser", tl.parser)
     _check(a.max_staleness >= 0, "algo.max_staleness", a.max_staleness, "must be >= 0 (0 = on-policy)")
     if a.max_staleness:
         _check(s.kind == "server", "algo.max_staleness", a.max_staleness,

@@ -41,7 +41,7 @@ class RolloutBatch:
 
     input_ids: torch.Tensor  # [N, P + T]
     attention_mask: torch.Tensor  # [N, P + T]
-    completion_mask: torch.Tensor  # [N, T] 1.0 on completion tokens
+    completion_mask: torch.Tensor  # [N, T] 1.0 on completion tokens the model generated (not tool results)
     advantages: torch.Tensor  # [N]
     sampler_logp: torch.Tensor  # [N, T] the sampler's log-probs of the sampled tokens
     prompt_lens: torch.Tensor  # [N] on the host
@@ -51,7 +51,9 @@ class RolloutBatch:
 
     @classmethod
     def build(cls, prompt_ids, completion_ids, sampler_logp, advantages, pad_id: int,
-              finish_reasons: list[str] | None = None) -> RolloutBatch:
+              finish_reasons: list[str] | None = None, tool_mask: list[list[int]] | None = None) -> RolloutBatch:
+        """`tool_mask` [N] per completion token (multi-turn rollouts): 0 on tokens a tool wrote, which
+        the model reads but is never trained on: no loss, no KL, no entropy, not counted."""
         n = len(completion_ids)
         p = max(len(x) for x in prompt_ids)
         t = max(len(x) for x in completion_ids)
@@ -62,11 +64,14 @@ class RolloutBatch:
             ids[i, p - len(pr) : p + len(co)] = torch.tensor(list(pr) + list(co))
             attn[i, p - len(pr) : p + len(co)] = 1
             logp[i, : len(lp)] = torch.tensor(lp)
+        generated = attn[:, p:].float()  # [N, T]
+        for i, mask in enumerate(tool_mask or []):
+            generated[i, : len(mask)] = torch.tensor(mask, dtype=generated.dtype)
         lens = (torch.tensor([len(x) for x in prompt_ids]), torch.tensor([len(x) for x in completion_ids]))
         truncated = torch.tensor(is_truncated(finish_reasons or ["stop"] * n), dtype=torch.bool)
         first_seen: dict[tuple[int, ...], int] = {}
         groups = torch.tensor([first_seen.setdefault(tuple(pr), len(first_seen)) for pr in prompt_ids])
-        return cls(ids, attn, attn[:, p:].float(), advantages.float().cpu(), logp, *lens, truncated, groups)
+        return cls(ids, attn, generated, advantages.float().cpu(), logp, *lens, truncated, groups)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -255,7 +260,7 @@ class Learner:
         metrics = {}
         if self.dist.any(len(advantages)):
             batch = RolloutBatch.build(rollouts.prompt_ids, rollouts.completion_ids, rollouts.logprobs, advantages,
-                                       pad_id, rollouts.finish_reasons) if len(advantages) else None
+                                       pad_id, rollouts.finish_reasons, rollouts.tool_mask) if len(advantages) else None
             metrics = self.train_step(batch)  # 0-dim tensors on the learner's device
         self.synchronize()  # the update is done before it is timed and its weights are sent
         return metrics

@@ -58,6 +58,14 @@ def step_metrics(dist, rollouts, advantages: torch.Tensor, learner_metrics: dict
         "time/sync_s": clock.laps["sync"],
         "time/step_s": clock.total,
         "tokens_per_s": lengths.sum().item() / rollouts.sample_s,  # every rank's tokens over this rank's time
+        **tool_metrics(dist, drawn.rollouts.tools),
         **rollouts.info,  # rollout/version, rollout/staleness: the weights that sampled this step
         **extra,
     }
+
+
+def tool_metrics(dist, use) -> dict[str, float]:
+    """What the tools did this step, over every rank (`use`: a ToolUse, None without tools)."""
+    if use is None:
+        return {}
+    return type(use).concat(dist.gather(use)).metrics()

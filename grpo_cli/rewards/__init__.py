@@ -6,7 +6,9 @@ unchanged: `fn(prompts=..., completions=..., completion_ids=..., **columns) -> l
 where `columns` are the dataset's columns (all but `prompt`, `completion` and `completion_ids`),
 one value per completion. For a conversational dataset (a `prompt` column of chat messages)
 `prompts` are the message lists and each completion is `[{"role": "assistant", "content": text}]`;
-otherwise both are strings. `completion_text` turns either form into text.
+otherwise both are strings. A rollout with tool calls is always messages (assistant, tool, ...,
+assistant), and with `tools.environment` each call also gets `environments`, every rollout's
+own. `completion_text` turns either form into text (the last message's).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def load_reward_fn(name: str, spec) -> RewardFn:
 class Rewards:
     def __init__(self, funcs: dict[str, tuple[RewardFn, float]], max_failures_in_a_row: int = 3,
                  accuracy: str | None = None):
-        self.funcs = funcs
+        self.funcs = dict(funcs)
         self.accuracy = accuracy or next(iter(funcs), None)  # its 1.0 counts as correct (eval/accuracy, pass@k)
         # A reward that raises scores that call None; one that keeps raising stops the run.
         self.max_failures_in_a_row = max_failures_in_a_row
@@ -71,6 +73,15 @@ class Rewards:
         specs = {name: reward_spec(name, entry) for name, entry in cfg.funcs.items()}
         return cls({name: (load_reward_fn(name, s.fn), s.weight) for name, s in specs.items()},
                    cfg.max_failures_in_a_row, cfg.accuracy)
+
+    def add(self, name: str, fn: RewardFn, weight: float = 1.0) -> None:
+        """One more reward (an environment's `get_reward`, named after its class, weight 1 as in TRL)."""
+        if name in self.funcs:
+            raise RewardError(f"reward.funcs.{name}: the environment's reward {name!r} has the name of a configured "
+                              "reward; rename one of them")
+        self.funcs[name] = (fn, weight)
+        self.failures_in_a_row[name] = 0
+        self.accuracy = self.accuracy or name
 
     def state_dict(self) -> dict:
         """The failure counters a checkpoint keeps: a resumed run does not give a failing reward
@@ -91,9 +102,13 @@ class Rewards:
     def __call__(self, batch, rollouts) -> RewardResult:
         """Score `rollouts` ([N], a grpo_cli.rollout.sampler.Rollouts) of `batch` (a PromptBatch whose
         rows are repeated to [N], as `PromptBatch.repeat` does)."""
-        prompts, completions = batch.reward_prompts, batch.reward_completions(rollouts.texts)
+        prompts = batch.reward_prompts
+        # Multi-turn rollouts (tools) are chat messages (assistant, tool, ..., assistant), as in TRL.
+        completions = rollouts.messages if rollouts.messages is not None else batch.reward_completions(rollouts.texts)
         columns = {k: v for k, v in batch.columns.items() if k not in _NOT_COLUMNS}
         columns["completion_ids"] = rollouts.completion_ids
+        if rollouts.environments is not None:  # tools.environment: each rollout's, as TRL passes them
+            columns["environments"] = rollouts.environments
         errors = {}
         per_reward = {name: self._score(name, fn, prompts, completions, columns, errors)
                       for name, (fn, _) in self.funcs.items()}

@@ -16,7 +16,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm star
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from grpo_cli.rollout.sampler import Rollouts, SamplerError  # noqa: E402
+from grpo_cli.rollout.sampler import Rollouts, SamplerError, per_prompt  # noqa: E402
 
 _ENGINES: dict[str, object] = {}  # one engine per process and engine config, shared by runs and tests
 
@@ -85,8 +85,8 @@ class ColocatedSampler:
         return _ENGINES[key]
 
     def generate(
-        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None,
-        seeds: list[int] | None = None,
+        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None,
+        max_tokens: int | list[int] | None = None, seeds: list[int] | None = None,
     ) -> Rollouts:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -97,14 +97,13 @@ class ColocatedSampler:
             temperature=c.temperature if temperature is None else temperature,
             top_p=c.top_p,
             top_k=c.top_k,
-            max_tokens=max_tokens or c.max_tokens,
             stop=list(c.stop) or None,
             logprobs=0,  # the sampled token's log-prob only
         )
-        if seeds is not None and c.reproducible:  # completion j of prompt i: seed seeds[i] + j (vLLM)
-            params = [SamplingParams(**args, seed=seed) for seed in seeds]
-        else:
-            params = SamplingParams(**args)
+        budgets = per_prompt(max_tokens or c.max_tokens, len(prompt_ids))
+        seeded = seeds is not None and c.reproducible  # completion j of prompt i: seed seeds[i] + j (vLLM)
+        params = [SamplingParams(**args, max_tokens=budgets[i], seed=seeds[i] if seeded else None)
+                  for i in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         r = Rollouts([], [], [], [], [], version=self.version)
         for prompt, out in zip(prompt_ids, outputs):

@@ -8,17 +8,18 @@ from __future__ import annotations
 import torch
 
 from grpo_cli.rewards import Rewards
+from grpo_cli.rollout.generation import Generation
 from grpo_cli.rollout.prompts import PromptBatch, as_batch
-from grpo_cli.rollout.sampler import Sampler, rollout_seed
+from grpo_cli.rollout.sampler import rollout_seed
 
 
 def evaluate(
-    sampler: Sampler, batch: PromptBatch, prompt_ids: list[list[int]], rewards: Rewards,
-    accuracy_reward: str, pass_k: int, temperature: float, max_tokens: int | None, seeds: list[int] | None = None,
+    generate: Generation, batch: PromptBatch, rewards: Rewards, accuracy_reward: str, pass_k: int,
+    temperature: float, max_tokens: int | None, seeds: list[int] | None = None,
 ) -> dict[str, float]:
     """`eval/accuracy`: share of prompts whose greedy completion scores 1.0 on `accuracy_reward`;
     pass@k from k samples of each prompt, drawn with `seeds` (one per prompt, `rollout_seed`)."""
-    greedy = sampler.generate(prompt_ids, n=1, temperature=0.0, max_tokens=max_tokens)
+    greedy = generate(batch, 1, temperature=0.0, max_tokens=max_tokens)
     scores = rewards(batch, greedy)
     correct = scores.per_reward[accuracy_reward] == 1.0  # [P]
     out = {
@@ -26,8 +27,11 @@ def evaluate(
         "eval/reward": torch.nanmean(scores.total).item(),
         "eval/completion_len": greedy.num_tokens / len(greedy.completion_ids),
     }
+    if greedy.tools is not None:  # multi-turn: how often the greedy answers used a tool
+        out["eval/tools/used_frac"] = sum(greedy.tools.used) / len(greedy.tools.used)
+        out["eval/tools/turns_mean"] = sum(greedy.tools.turns) / len(greedy.tools.turns)
     if pass_k > 0:
-        sampled = sampler.generate(prompt_ids, n=pass_k, temperature=temperature, max_tokens=max_tokens, seeds=seeds)
+        sampled = generate(batch, pass_k, seeds, temperature=temperature, max_tokens=max_tokens)
         k_scores = rewards(batch.repeat(pass_k), sampled)
         hits = (k_scores.per_reward[accuracy_reward] == 1.0).view(-1, pass_k)  # [P, k]
         out[f"eval/pass@{pass_k}"] = hits.any(-1).float().mean().item()
@@ -37,13 +41,14 @@ def evaluate(
 class Evaluator:
     """Held-out evaluation of the run: `rows` None means none (every call returns {})."""
 
-    def __init__(self, cfg, rows, fmt, sampler: Sampler, rewards: Rewards, temperature: float, logger, dist,
+    def __init__(self, cfg, rows, fmt, generate: Generation, rewards: Rewards, temperature: float, logger, dist,
                  seed: int = 0):
-        self.cfg, self.sampler, self.rewards, self.temperature = cfg, sampler, rewards, temperature
+        """`generate`: the run's Generation (one turn, or turns with tools), on the run's sampler."""
+        self.cfg, self.generate, self.rewards, self.temperature = cfg, generate, rewards, temperature
         self.logger, self.dist, self.seed = logger, dist, seed
         share = dist.share_range(len(rows)) if rows is not None else []  # this rank's share, by global index
         self.batch = as_batch(rows.select(share), fmt, list(share)) if rows is not None else None
-        self.prompt_ids = fmt.encode(self.batch.prompts) if rows is not None else []
+        self.rows = len(self.batch.prompts) if rows is not None else 0  # this rank's
         self.first: dict[str, float] = {}  # the evaluation before training (kept by checkpoints)
         self.last: dict[str, float] = {}
 
@@ -53,9 +58,9 @@ class Evaluator:
             return {}
         # pass@k samples seeded as rollouts are, from (seed, step, the row's global index).
         seeds = [rollout_seed(self.seed, step, i, evaluation=True) for i in self.batch.index]
-        metrics = evaluate(self.sampler, self.batch, self.prompt_ids, self.rewards, self.rewards.accuracy,
-                           self.cfg.pass_k, self.temperature, self.cfg.max_tokens, seeds) if self.prompt_ids else {}
-        metrics = self.dist.mean(metrics, len(self.prompt_ids))  # every rank's, weighted by its rows
+        metrics = evaluate(self.generate, self.batch, self.rewards, self.rewards.accuracy, self.cfg.pass_k,
+                           self.temperature, self.cfg.max_tokens, seeds) if self.rows else {}
+        metrics = self.dist.mean(metrics, self.rows)  # every rank's, weighted by its rows
         self.logger.log(step, metrics)
         return metrics
 

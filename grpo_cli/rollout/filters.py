@@ -44,9 +44,7 @@ class ScoredGroups:
     def select(self, groups: list[int]) -> ScoredGroups:
         idx = [g * self.group_size + j for g in groups for j in range(self.group_size)]
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-        r = self.rollouts
-        rollouts = Rollouts(pick(r.prompt_ids), pick(r.completion_ids), pick(r.texts),
-                            pick(r.finish_reasons), pick(r.logprobs), version=r.version)
+        rollouts = self.rollouts.pick(idx)
         t = torch.tensor(idx, dtype=torch.long)
         scores = RewardResult(self.scores.total[t], {k: v[t] for k, v in self.scores.per_reward.items()},
                               self.scores.errors)
@@ -59,9 +57,7 @@ class ScoredGroups:
             return parts[0]
         first = parts[0]
         cat = lambda get: [x for p in parts for x in get(p)]  # noqa: E731
-        rollouts = Rollouts(*(cat(lambda p, f=f: getattr(p.rollouts, f))
-                              for f in ("prompt_ids", "completion_ids", "texts", "finish_reasons", "logprobs")),
-                            version=min(p.rollouts.version for p in parts))  # the oldest weights that sampled
+        rollouts = Rollouts.concat([p.rollouts for p in parts])
         scores = RewardResult(torch.cat([p.scores.total for p in parts]),
                               {k: torch.cat([p.scores.per_reward[k] for p in parts]) for k in first.scores.per_reward},
                               {k: sum(p.scores.errors.get(k, 0) for p in parts) for k in first.scores.errors})

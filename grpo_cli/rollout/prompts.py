@@ -113,11 +113,19 @@ def prepare_splits(cfg: DictConfig, fmt: PromptFormatter, max_model_len: int, ev
 
 
 class PromptFormatter:
-    """Row -> prompt text: the template, then the tokenizer's chat template when it has one."""
+    """Row -> prompt text: the template, then the tokenizer's chat template when it has one.
 
-    def __init__(self, cfg: DictConfig, tokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.chat = cfg.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+    Chat messages (TRL's conversational format) and prompts that offer tools always go through the
+    chat template, whatever `data.use_chat_template` says (that key is for plain-text prompts);
+    `tools` are the JSON schemas of the run's tools, which the chat template shows the model."""
+
+    def __init__(self, cfg: DictConfig, tokenizer, tools: list[dict] | None = None):
+        self.cfg, self.tokenizer, self.tools = cfg, tokenizer, tools or None
+        self.has_template = getattr(tokenizer, "chat_template", None) is not None
+        if self.tools and not self.has_template:
+            raise DataError("tools.funcs/tools.environment need a chat template to show the model its tools: the "
+                            "tokenizer of model.path has none (use an Instruct model, or set model.tokenizer)")
+        self.chat = self.has_template and (cfg.use_chat_template or self.tools is not None)
 
     def check_columns(self, table: datasets.Dataset, what: str) -> None:
         if self.cfg.prompt_column not in table.column_names:
@@ -125,12 +133,22 @@ class PromptFormatter:
                 f"data.prompt_column={self.cfg.prompt_column!r} is not a column of the {what} data; "
                 f"columns: {', '.join(table.column_names)}"
             )
+        if len(table) and isinstance(table[0][self.cfg.prompt_column], list):
+            self._chat_messages()
         for name in self._template_fields():
             if name != "prompt" and name not in table.column_names:
                 raise DataError(
                     f"data.prompt_template={self.cfg.prompt_template!r} names {{{name}}}, which is not a column "
                     f"of the {what} data; columns: {', '.join(table.column_names)} (and {{prompt}})"
                 )
+
+    def _chat_messages(self) -> None:
+        """The prompts are chat messages: they go through the chat template, which must exist."""
+        if not self.has_template:
+            raise DataError(f"data.prompt_column={self.cfg.prompt_column!r} holds chat messages, which need a chat "
+                            "template: the tokenizer of model.path has none (use an Instruct model's tokenizer, or "
+                            "set model.tokenizer)")
+        self.chat = True
 
     def _template_fields(self) -> list[str]:
         try:
@@ -161,25 +179,29 @@ class PromptFormatter:
         return self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
 
     def __call__(self, row: dict) -> str:
-        """The text the model sees. A string prompt goes through `prompt_template`; a list of chat
-        messages (TRL's conversational format) is used as is. Either is wrapped in the chat
-        template; `system_prompt` is added unless the messages bring their own system message."""
+        """The text the model sees: `messages(row)` through the chat template, or the plain text."""
+        if not self.chat and isinstance(row[self.cfg.prompt_column], list):
+            self._chat_messages()
+        if not self.chat:
+            return self.cfg.prompt_template.format(**{**row, "prompt": row[self.cfg.prompt_column]})
+        return self.render(self.messages(row))
+
+    def messages(self, row: dict) -> list[dict]:
+        """The row as chat messages. A string prompt goes through `prompt_template` into one user
+        message; a list of chat messages is used as is; `system_prompt` is added unless the
+        messages bring their own system message."""
         value = row[self.cfg.prompt_column]
         if isinstance(value, list):
-            if not self.chat:
-                raise DataError(
-                    f"data.prompt_column={self.cfg.prompt_column!r} holds chat messages, which need a chat "
-                    "template: use a tokenizer that has one and data.use_chat_template=true"
-                )
             messages = [dict(m) for m in value]
         else:
-            text = self.cfg.prompt_template.format(**{**row, "prompt": value})
-            if not self.chat:
-                return text
-            messages = [{"role": "user", "content": text}]
+            messages = [{"role": "user", "content": self.cfg.prompt_template.format(**{**row, "prompt": value})}]
         if self.cfg.system_prompt and not any(m.get("role") == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages
+
+    def render(self, messages: list[dict]) -> str:
+        """Messages as the prompt text, with the run's tools and the assistant's turn opened."""
+        return self.tokenizer.apply_chat_template(messages, tools=self.tools, tokenize=False, add_generation_prompt=True)
 
 
 def _repeat(values: list, n: int) -> list:

@@ -46,7 +46,7 @@ import torch
 from omegaconf import DictConfig
 
 from grpo_cli.devices import resolve_device
-from grpo_cli.rollout.sampler import Rollouts, SamplerError
+from grpo_cli.rollout.sampler import Rollouts, SamplerError, per_prompt
 
 SERVER_LOG = "vllm_server.log"
 _MAX_IN_FLIGHT = 64  # seeded rollouts: HTTP requests (one per prompt) in flight at once
@@ -280,25 +280,28 @@ class ServerSampler:
 
     # --- the sampler interface ------------------------------------------------------------------
     def generate(
-        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None, max_tokens: int | None = None,
-        seeds: list[int] | None = None,
+        self, prompt_ids: list[list[int]], n: int, temperature: float | None = None,
+        max_tokens: int | list[int] | None = None, seeds: list[int] | None = None,
     ) -> Rollouts:
         c = self.cfg
+        budgets = per_prompt(max_tokens or c.max_tokens, len(prompt_ids))
         body = {
             "model": self.model, "prompt": prompt_ids, "n": n,
             "temperature": c.temperature if temperature is None else temperature,
-            "top_p": c.top_p, "top_k": c.top_k, "max_tokens": max_tokens or c.max_tokens,
+            "top_p": c.top_p, "top_k": c.top_k, "max_tokens": budgets[0] if budgets else c.max_tokens,
             "stop": list(c.stop) or None,
             "logprobs": 0,  # the sampled token's log-prob only
             "return_token_ids": True,
         }
+        seeded = seeds is not None and c.reproducible
         with self.lock:
             version = self.version
-            if seeds is None or not c.reproducible:  # one request: the server's generator
+            if not seeded and len(set(budgets)) <= 1:  # one request: the server's generator
                 choices = sorted(self._post("/v1/completions", body)["choices"], key=lambda ch: ch["index"])
-            else:  # one request per prompt (a request has one seed), all in flight at once: the server batches them
+            else:  # one request per prompt (its own seed, its own budget), all in flight at once: the server batches them
                 def one(i: int) -> list[dict]:
-                    got = self._post("/v1/completions", body | {"prompt": [prompt_ids[i]], "seed": seeds[i]})
+                    got = self._post("/v1/completions", body | {"prompt": [prompt_ids[i]], "max_tokens": budgets[i]}
+                                     | ({"seed": seeds[i]} if seeded else {}))
                     return sorted(got["choices"], key=lambda ch: ch["index"])
 
                 with ThreadPoolExecutor(min(len(prompt_ids), _MAX_IN_FLIGHT) or 1) as pool:

@@ -63,8 +63,9 @@ class Draw:
     drawing more if it must. Prompt i of the step's draws (every rank's share and every re-draw
     counted) is sampled with seed `rollout_seed(seed, step, i)`."""
 
-    def __init__(self, stream, fmt, sampler, rewards, batch_filter, group_size: int, dist, seed: int):
-        self.stream, self.fmt, self.sampler, self.rewards = stream, fmt, sampler, rewards
+    def __init__(self, stream, fmt, generate, rewards, batch_filter, group_size: int, dist, seed: int):
+        """`generate`: a Generation (grpo_cli/rollout/generation.py), one turn or turns with tools."""
+        self.stream, self.fmt, self.generate, self.rewards = stream, fmt, generate, rewards
         self.batch_filter, self.group_size, self.dist, self.seed = batch_filter, group_size, dist, seed
         self.sample_s = self.reward_s = 0.0
         self.step, self.drawn = 0, 0  # the step being drawn, and how many prompts (all ranks') it drew so far
@@ -83,10 +84,11 @@ class Draw:
         batch = as_batch(rows.select(share), self.fmt, [self.drawn + i for i in share])
         self.drawn += len(rows)
         seeds = [rollout_seed(self.seed, self.step, i) for i in batch.index]
-        rollouts = self.sampler.generate(self.fmt.encode(batch.prompts), n=self.group_size, seeds=seeds)
+        rollouts = self.generate(batch, self.group_size, seeds)
         t1 = time.perf_counter()
         group = batch.repeat(self.group_size)  # each prompt's row once per completion: [B*G]
         scores = self.rewards(group, rollouts)
+        rollouts.environments = None  # live objects, done with once scored: never kept or checkpointed
         self.sample_s, self.reward_s = self.sample_s + t1 - t0, self.reward_s + time.perf_counter() - t1
         return ScoredGroups(group.prompts, group.columns, rollouts, scores, self.group_size)
 
