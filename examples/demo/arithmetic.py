@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,12 +36,20 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def sft_warm_start(
-    base_dir: Path, out_dir: Path, rows: list[dict], steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0
-) -> list[float]:
-    """Teach `prompt -> answer<eos>` with cross-entropy on the answer tokens; save to out_dir.
+def answer_example(tok, row: dict) -> tuple[list[int], list[int]]:
+    """`prompt -> answer<eos>` as token ids and labels: -100 on the prompt, the loss on the answer."""
+    prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    answer = tok(row["answer"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+    return prompt + answer, [-100] * len(prompt) + answer
 
-    Returns the loss of every step. Deliberately short: the point is a partly competent start.
+
+def sft_warm_start(
+    base_dir: Path, out_dir: Path, rows: list[dict], steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+    example: Callable[..., tuple[list[int], list[int]]] = answer_example,
+) -> list[float]:
+    """Cross-entropy on the tokens that `example(tokenizer, row)` labels (default: the answer of
+    `prompt -> answer<eos>`); save to out_dir. Returns the loss of every step. Deliberately short:
+    the point is a partly competent start.
     """
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -50,17 +59,15 @@ def sft_warm_start(
     rng = random.Random(seed)
     losses = []
     for _ in range(steps):
-        batch = rng.sample(rows, batch_size)
-        prompts = tok([r["prompt"] for r in batch], add_special_tokens=False)["input_ids"]
-        answers = tok([r["answer"] + tok.eos_token for r in batch], add_special_tokens=False)["input_ids"]
-        length = max(len(p) + len(a) for p, a in zip(prompts, answers))
-        ids = torch.full((batch_size, length), tok.pad_token_id)
-        labels = torch.full((batch_size, length), -100)  # loss on the answer only
-        attn = torch.zeros(batch_size, length, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(prompts, answers)):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
-            attn[i, : len(p) + len(a)] = 1
+        examples = [example(tok, r) for r in rng.sample(rows, batch_size)]
+        length = max(len(ids) for ids, _ in examples)
+        ids = torch.full((batch_size, length), tok.pad_token_id)  # [B, T]
+        labels = torch.full((batch_size, length), -100)  # [B, T], -100: no loss there
+        attn = torch.zeros(batch_size, length, dtype=torch.long)  # [B, T]
+        for i, (seq, lab) in enumerate(examples):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, : len(seq)] = torch.tensor(lab)
+            attn[i, : len(seq)] = 1
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
