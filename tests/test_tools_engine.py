@@ -114,6 +114,7 @@ def test_multi_turn_rollouts_are_token_exact_and_the_learner_agrees_across_turns
         if 0 in mask:
             later[i, mask.index(0):len(mask)] = torch.tensor(mask[mask.index(0):]) == 1
     assert later.any()  # tokens of a turn after a tool result
+    print(f"sampler/learner drift: max {drift.max().item():.2e}, on turns after a tool result {drift[later].max().item():.2e}")
     assert drift.max().item() < 1e-5 and drift[later].max().item() < 1e-5
 
 
