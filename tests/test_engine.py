@@ -138,3 +138,15 @@ def test_a_sweep_runs_every_combination(tiny_overrides, tmp_path):
         steps = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
         assert len(steps) == 1 and ("kl/mean" in steps[0]) == (cfg.algo.beta > 0)
     assert seen == {(2, 0.0), (2, 0.04), (4, 0.0), (4, 0.04)}
+
+
+def test_seeded_requests_survive_a_split_prefill_on_the_cpu(tiny_model):
+    """More prompt tokens than a step's budget (4,096): vLLM splits a prefill and rewinds the seeded
+    request's generator, which a CPU generator cannot do; the engine must not die
+    (grpo_cli/rollout/sampler.py, cpu_prefill_args). Crashed before with "CPU Generator does not use offset"."""
+    cfg = compose(["model=tiny-local", f"model.path={tiny_model}", "model.dtype=float32", "sampler=vllm-cpu",
+                   "data.path=unused"])
+    prompts = [[(i * 7 + k) % 90 + 3 for k in range(150)] for i in range(64)]  # 9,600 prompt tokens
+    r = ColocatedSampler(cfg.sampler, cfg.model).generate(prompts, n=8, max_tokens=4,
+                                                           seeds=[1000 + 97 * i for i in range(64)])
+    assert len(r.completion_ids) == 512 and all(1 <= len(c) <= 4 for c in r.completion_ids)

