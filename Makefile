@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python >= 3.11:
 #   make demo   -> .venv, install, offline CPU demo that visibly learns
+#   (make demo-tools: the same with a tool the model learns to call)
 #   make test   -> .venv, install, the test suite (no GPU, no network needed)
 # On a CUDA machine the same commands install vLLM's CUDA build (EXTRAS below).
 
@@ -40,7 +41,7 @@ define pip_install
 	case "$(1)" in *cpu*) $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true;; esac
 endef
 
-.PHONY: install test test-slow demo bench lint clean
+.PHONY: install test test-slow demo demo-tools bench lint clean
 
 install: $(STAMP)
 
@@ -64,6 +65,10 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+# The same, with a tool: GRPO teaches the tiny model to call `multiply` (examples/demo/tools_demo.py).
+demo-tools: $(STAMP)
+	$(BIN)/python -m examples.demo --tools
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench_cpu.py $(BENCH_ARGS)

@@ -41,7 +41,7 @@ def _installs(out: str) -> list[str]:
     return [line for line in out.splitlines() if "pip install" in line and "-e" in line]
 
 
-@pytest.mark.parametrize("target", ["test", "demo", "lint", "install"])
+@pytest.mark.parametrize("target", ["test", "demo", "demo-tools", "lint", "install"])
 def test_a_cuda_venv_gets_no_cpu_build(tmp_path, target):
     _venv(tmp_path, "cuda,dev", "cuda-dev")
     out = _make(tmp_path, target)

@@ -83,6 +83,9 @@ def test_the_issues_example():
 # after the change and is identical).
 RECIPE_VALUES = {
     "demo": {"algo.group_size": 8, "algo.beta": 0.04, "algo.epsilon": 0.2, "optim.lr": 1.5e-4, "train.max_steps": 280},
+    "tools_demo": {"algo.group_size": 8, "algo.beta": 0.04, "optim.lr": 1.5e-4, "train.max_steps": 40,
+                   "tools.funcs": ["examples.demo.tool_task.multiply"], "tools.max_turns": 1,
+                   "data.use_chat_template": True},
     "gsm8k": {"algo.group_size": 8, "algo.beta": 0.04, "algo.epsilon": 0.2, "algo.num_iterations": 1,
               "algo.is_correction._target_": "grpo_cli.algo.correction.MaskedIS"},
     "math": {"algo.group_size": 8, "algo.beta": 0.04, "algo.epsilon": 0.2,

@@ -7,6 +7,7 @@ Set-up (cached in .cache/demo/, so a second run starts training at once):
   3. a short supervised warm start (like an Instruct checkpoint before RL): it learns the format
      and to copy one of the two numbers, and is right about a third of the time (greedy).
 Then the real CLI trains it with GRPO through vLLM: `grpo-train +recipe=demo ...`.
+`python -m examples.demo --tools` runs the tool-calling demo instead (examples/demo/tools_demo.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from examples.demo import tools_demo
 from examples.demo.arithmetic import max_rows, sft_warm_start, write_jsonl
 from examples.demo.tiny import save_tiny
 
@@ -58,12 +60,15 @@ def next_commands(paths: dict[str, Path], venv: str = ".venv") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if "--tools" in argv:  # `make demo-tools`: the tool-calling demo (examples/demo/tools_demo.py)
+        return tools_demo.main([a for a in argv if a != "--tools"])
     paths = prepare()
     run_dir = Path("outputs/demo") / time.strftime("%Y-%m-%d_%H-%M-%S")
     cmd = [
         sys.executable, "-m", "grpo_cli", "+recipe=demo", f"model.path={paths['model']}",
         f"data.path={paths['train']}", f"data.eval_path={paths['eval']}", f"hydra.run.dir={run_dir}",
-        *(argv if argv is not None else sys.argv[1:]),
+        *argv,
     ]
     print("$ grpo-train " + " ".join(cmd[3:]), flush=True)
     start = time.perf_counter()
