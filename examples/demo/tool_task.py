@@ -60,7 +60,9 @@ def assistant_labels(tok, messages: list[dict], tools: list) -> tuple[list[int],
     """Token ids of the rendered conversation and labels that keep only what the model generates:
     each assistant turn up to its `<|im_end|>`. The prompt, the tool turns and the newline after
     `<|im_end|>` (the engine stops at it; the template writes it) get -100."""
-    render = lambda msgs, gen=False: tok.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
+    def render(msgs: list[dict], gen: bool = False) -> str:
+        return tok.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
+
     ids, labels, done = [], [], ""
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
